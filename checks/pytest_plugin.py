@@ -1,0 +1,201 @@
+"""The project's pytest plugin: markers, the `measure` and `asset` fixtures, and gate reports.
+
+- ``measure(name, value, bound=None)`` records a number a test measured (an error reached, an
+  accuracy, a timing). It travels with the test's report (``user_properties``, so it survives
+  pytest-xdist) into the gate report, the ledger and the post's "Verified" box.
+- ``asset(name)`` returns the path of an offline asset (see checks/assets.py);
+  ``@pytest.mark.asset("mnist")`` declares the need up front. Missing: a skip with a hint for a
+  learner, a failure in CI and in gate runs (checks/requirements.py).
+- ``@pytest.mark.browser`` declares that a test drives a headless Chromium.
+- ``--gate-report PATH`` writes every test's outcome, duration, docstring and measurements as
+  JSON: what ``invoke publish`` records for each day.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from . import assets as _assets
+from .requirements import missing
+
+REPORT_VERSION = 1
+
+
+# ---------------------------------------------------------------- measurements
+
+
+class Measure:
+    """Record the numbers a test measured; see the module docstring."""
+
+    def __init__(self, item: pytest.Item):
+        self._item = item
+
+    def __call__(self, name: str, value, bound: str | None = None):
+        if hasattr(value, "item") and callable(value.item):  # tensors and numpy scalars
+            value = value.item()
+        if not isinstance(value, (int, float, str, bool)):
+            raise TypeError(f"measure({name!r}): value must be a number or a string, got {type(value).__name__}")
+        if isinstance(value, float) and not math.isfinite(value):
+            value = repr(value)  # JSON has no NaN/inf
+        entry = {"name": name, "value": value}
+        if bound is not None:
+            entry["bound"] = str(bound)
+        self._item.user_properties.append(("measured", entry))
+        return value
+
+    def parity(self, report, name: str | None = None):
+        """Record a checks.parity.ParityReport: its worst absolute and relative errors."""
+        key = name or report.name or "parity"
+        self(f"{key}.max_abs_err", report.max_abs_err, f"≤ {report.atol:g}" + (
+            f" + {report.rtol:g}·|ref|" if report.rtol else ""))
+        self(f"{key}.max_rel_err", report.max_rel_err)
+        return report
+
+    def grad(self, report, name: str | None = None):
+        """Record a checks.gradcheck.GradCheckReport."""
+        key = name or f"gradcheck.{report.function}"
+        self(f"{key}.max_abs_err", report.max_abs_err, f"≤ {report.atol:g} + {report.rtol:g}·|numeric|")
+        self(f"{key}.n_checked", report.n_checked)
+        return report
+
+
+@pytest.fixture
+def measure(request) -> Measure:
+    """Record a measured number for the gate report and the post's Verified box."""
+    return Measure(request.node)
+
+
+@pytest.fixture
+def asset():
+    """``asset(name) -> Path``: an offline asset, or a skip (a failure in CI and gates)."""
+    def get(name: str) -> Path:
+        try:
+            return _assets.resolve(name)
+        except _assets.AssetMissing as exc:
+            missing(f"asset {name!r}", str(exc))
+    return get
+
+
+# ---------------------------------------------------------------- configuration
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("arena", "arena-mechanistic-learning")
+    group.addoption("--gate-report", metavar="PATH", default=None,
+                    help="write a JSON report of outcomes and measured numbers (used by `invoke publish`)")
+
+
+def pytest_configure(config):
+    for line in (
+        "slow: long experiments (training runs); left out by default, run with `pytest -m slow`",
+        "asset(*names): needs these offline assets; skipped with a hint when missing, failed in CI and in gates",
+        "browser: needs a headless Chromium; skipped with a hint when missing, failed in CI",
+    ):
+        config.addinivalue_line("markers", line)
+    if config.getoption("--gate-report"):
+        # Gate runs make claims: a missing asset fails instead of skipping (also in xdist workers).
+        os.environ["ARENA_GATE"] = "1"
+    if not hasattr(config, "workerinput"):  # the controller (or the only process) writes the report
+        config._arena_recorder = _Recorder(config)
+        config.pluginmanager.register(config._arena_recorder, "arena-recorder")
+
+
+def pytest_itemcollected(item):
+    doc = getattr(getattr(item, "function", None), "__doc__", None)
+    if doc:
+        first = " ".join(doc.strip().split("\n\n")[0].split())
+        item.user_properties.append(("doc", first))
+
+
+def pytest_runtest_setup(item):
+    for mark in item.iter_markers("asset"):
+        for name in mark.args:
+            try:
+                _assets.resolve(name)
+            except _assets.AssetMissing as exc:
+                missing(f"asset {name!r}", str(exc))
+    if item.get_closest_marker("browser"):
+        from .browser import find_chromium
+
+        if find_chromium() is None:
+            missing("browser", "no Chromium found (set CHROMIUM=/path/to/chromium or "
+                               "`apt-get install -y chromium`)")
+
+
+# ---------------------------------------------------------------- the gate report
+
+
+class _Recorder:
+    """Collects outcomes and measurements on the controller and writes the gate report."""
+
+    def __init__(self, config):
+        self.config = config
+        self.path = config.getoption("--gate-report")
+        self.tests: dict[str, dict] = {}
+        self.collect_errors: list[dict] = []
+        self.started = time.time()
+
+    def _entry(self, report) -> dict:
+        entry = self.tests.setdefault(report.nodeid, {
+            "nodeid": report.nodeid, "outcome": "passed", "duration_s": 0.0,
+            "doc": None, "measured": [], "message": None})
+        for key, value in getattr(report, "user_properties", []):
+            if key == "doc":
+                entry["doc"] = value
+            elif key == "measured" and value not in entry["measured"]:
+                entry["measured"].append(value)
+        return entry
+
+    @staticmethod
+    def _message(report) -> str:
+        crash = getattr(getattr(report, "longrepr", None), "reprcrash", None)
+        if crash is not None:
+            return crash.message[:1000]
+        if isinstance(report.longrepr, tuple):  # skips: (file, line, reason)
+            return str(report.longrepr[2])[:1000]
+        return str(report.longreprtext)[-1000:]
+
+    def pytest_runtest_logreport(self, report):
+        entry = self._entry(report)
+        entry["duration_s"] = round(entry["duration_s"] + report.duration, 6)
+        if report.when == "call" or report.outcome != "passed":
+            if report.failed:
+                # A failure in setup or teardown is an error, in the call a failure.
+                entry["outcome"] = "failed" if report.when == "call" else "error"
+                entry["message"] = self._message(report)
+            elif report.skipped:
+                xfail = hasattr(report, "wasxfail")
+                entry["outcome"] = "xfailed" if xfail else "skipped"
+                entry["message"] = report.wasxfail if xfail else self._message(report)
+            elif report.when == "call":
+                entry["outcome"] = "xpassed" if hasattr(report, "wasxfail") else "passed"
+
+    def pytest_collectreport(self, report):
+        if report.failed:
+            self.collect_errors.append({"nodeid": report.nodeid, "message": str(report.longreprtext)[-2000:]})
+
+    def pytest_sessionfinish(self, session, exitstatus):
+        if not self.path:
+            return
+        counts: dict[str, int] = {}
+        for entry in self.tests.values():
+            counts[entry["outcome"]] = counts.get(entry["outcome"], 0) + 1
+        report = {
+            "version": REPORT_VERSION,
+            "exit_status": int(exitstatus),
+            "duration_s": round(time.time() - self.started, 3),
+            "counts": counts,
+            "collect_errors": self.collect_errors,
+            "tests": sorted(self.tests.values(), key=lambda e: e["nodeid"]),
+        }
+        path = Path(self.path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(report, indent=1, sort_keys=False) + "\n", encoding="utf-8")
+        os.replace(tmp, path)

@@ -1,0 +1,1 @@
+"""Day 1: PyTorch, einops, einsum (ARENA 0.0 Prerequisites)."""

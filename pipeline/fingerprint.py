@@ -1,0 +1,79 @@
+"""A day's fingerprint: a hash of everything its gate result depends on.
+
+That is the day's own folder, the earlier days it imports (``days.NNN`` anywhere in its Python
+files, followed transitively), the shared verification library ``checks/`` (without its own
+tests), the root ``conftest.py``, and the pinned dependencies in ``pyproject.toml``. When the
+fingerprint differs from the ledger's, the day's recorded result no longer speaks for its files:
+``invoke publish`` gates it again, and until then it is ``stale``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tomllib
+from pathlib import Path
+
+from .project import Project
+
+__all__ = ["day_dependencies", "day_fingerprint"]
+
+_IGNORED_DIRS = {"__pycache__", ".pytest_cache", ".ipynb_checkpoints", "wandb"}
+_IGNORED_SUFFIXES = {".pyc", ".pyo"}
+_DAY_IMPORT = re.compile(r"""days[./](\d{3})\b""")
+
+
+def _files(folder: Path, skip_dirs: set[str] = frozenset()) -> list[Path]:
+    if not folder.exists():
+        return []
+    out = []
+    for path in folder.rglob("*"):
+        rel = path.relative_to(folder)
+        if any(part in _IGNORED_DIRS or part in skip_dirs for part in rel.parts[:-1]):
+            continue
+        if path.is_file() and path.suffix not in _IGNORED_SUFFIXES and path.name not in _IGNORED_DIRS:
+            out.append(path)
+    return sorted(out)
+
+
+def day_dependencies(project: Project, day: int) -> list[int]:
+    """Earlier days that ``day`` imports, transitively (sorted, without ``day`` itself)."""
+    seen: set[int] = set()
+    todo = [day]
+    while todo:
+        current = todo.pop()
+        for path in _files(project.day_dir(current)):
+            if path.suffix != ".py":
+                continue
+            for match in _DAY_IMPORT.finditer(path.read_text(encoding="utf-8", errors="replace")):
+                dep = int(match.group(1))
+                if dep != day and dep not in seen and project.day_exists(dep):
+                    seen.add(dep)
+                    todo.append(dep)
+    return sorted(seen)
+
+
+def _pinned_dependencies(project: Project) -> bytes:
+    path = project.root / "pyproject.toml"
+    if not path.exists():
+        return b""
+    data = tomllib.loads(path.read_text(encoding="utf-8"))
+    return repr(data.get("project", {}).get("dependencies", [])).encode()
+
+
+def day_fingerprint(project: Project, day: int) -> str:
+    """sha256 over the relative paths and bytes of everything the day's gate depends on."""
+    digest = hashlib.sha256()
+    roots: list[tuple[str, Path, set[str]]] = [(f"days/{d:03d}", project.day_dir(d), set())
+                                                for d in [day, *day_dependencies(project, day)]]
+    roots.append(("checks", project.root / "checks", {"tests"}))
+    for label, folder, skip in roots:
+        for path in _files(folder, skip):
+            digest.update(f"{label}/{path.relative_to(folder).as_posix()}\0".encode())
+            digest.update(path.read_bytes())
+            digest.update(b"\0")
+    conftest = project.root / "conftest.py"
+    if conftest.exists():
+        digest.update(b"conftest.py\0" + conftest.read_bytes())
+    digest.update(b"pyproject:dependencies\0" + _pinned_dependencies(project))
+    return "sha256:" + digest.hexdigest()

@@ -1,0 +1,248 @@
+"""The ledger, ``progress.yml``: the 100-day plan and each day's measured status.
+
+Authored fields come from the syllabus (topic, module, group, ARENA section and link); measured
+fields are written by ``invoke publish``. The file is read with validation (a clear error that
+names every problem, never a silent reset) and written atomically (a temporary file in the same
+directory, then a rename), so an interrupted write cannot leave half a ledger.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import asdict, dataclass, fields
+from datetime import date, datetime
+from pathlib import Path
+from typing import Iterable
+
+import yaml
+
+from .project import DAYS
+
+__all__ = ["AUTHORED_FIELDS", "DayEntry", "Ledger", "LedgerError", "MEASURED_FIELDS", "STATUSES",
+           "dumps", "from_syllabus", "load", "parse", "save"]
+
+SCHEMA = 1
+STATUSES = ("not-started", "failing", "passed", "stale")
+AUTHORED_FIELDS = ("topic", "module", "module_name", "group", "arena", "arena_url", "seed_code_path")
+MEASURED_FIELDS = ("status", "first_passed", "last_check", "tests_passed", "tests_failed",
+                   "tests_skipped", "gate_seconds", "fingerprint")
+
+HEADER = """\
+# progress.yml: the ledger of the 100-day plan.
+# Authored fields (topic, module, module_name, group, arena, arena_url, seed_code_path) come from
+# the syllabus and may be edited by hand. Measured fields (status, first_passed, last_check,
+# tests_passed, tests_failed, tests_skipped, gate_seconds, fingerprint) are written by
+# `invoke publish` from the gate runs: do not edit them.
+"""
+
+
+class LedgerError(ValueError):
+    """progress.yml is missing, not YAML, or does not describe the 100 days correctly."""
+
+
+@dataclass
+class DayEntry:
+    day: int
+    topic: str
+    module: int
+    module_name: str
+    group: str
+    arena: str | None = None
+    arena_url: str | None = None
+    seed_code_path: str | None = None
+    status: str = "not-started"
+    first_passed: date | None = None
+    last_check: datetime | None = None
+    tests_passed: int = 0
+    tests_failed: int = 0
+    tests_skipped: int = 0
+    gate_seconds: float | None = None
+    fingerprint: str | None = None
+
+    def to_yaml_dict(self) -> dict:
+        d = asdict(self)
+        d["first_passed"] = self.first_passed.isoformat() if self.first_passed else None
+        d["last_check"] = self.last_check.isoformat(timespec="seconds") if self.last_check else None
+        return d
+
+
+_FIELD_NAMES = tuple(f.name for f in fields(DayEntry))
+
+
+@dataclass
+class Ledger:
+    days: dict[int, DayEntry]
+
+    def __getitem__(self, day: int) -> DayEntry:
+        return self.days[day]
+
+    def __iter__(self):
+        return iter(self.days[d] for d in sorted(self.days))
+
+    def with_status(self, *statuses: str) -> list[DayEntry]:
+        return [e for e in self if e.status in statuses]
+
+
+# ---------------------------------------------------------------- reading
+
+
+def _check_entry(raw, position: int, problems: list[str]) -> DayEntry | None:
+    where = f"entry {position + 1}"
+    if not isinstance(raw, dict):
+        problems.append(f"{where}: expected a mapping of fields, got {type(raw).__name__}")
+        return None
+    day = raw.get("day")
+    if not isinstance(day, int) or isinstance(day, bool) or day not in DAYS:
+        problems.append(f"{where}: 'day' must be an integer from 1 to 100, got {day!r}")
+        return None
+    where = f"day {day}"
+    before = len(problems)
+    unknown = sorted(set(raw) - set(_FIELD_NAMES))
+    if unknown:
+        problems.append(f"{where}: unknown field(s) {', '.join(map(repr, unknown))} "
+                        f"(known: {', '.join(_FIELD_NAMES)})")
+    for name in ("topic", "module_name", "group"):
+        if not isinstance(raw.get(name), str) or not raw.get(name).strip():
+            problems.append(f"{where}: '{name}' must be a non-empty string, got {raw.get(name)!r}")
+    module = raw.get("module")
+    if not isinstance(module, int) or isinstance(module, bool) or not 0 <= module <= 4:
+        problems.append(f"{where}: 'module' must be an integer from 0 to 4, got {module!r}")
+    for name in ("arena", "arena_url", "seed_code_path", "fingerprint"):
+        if raw.get(name) is not None and not isinstance(raw.get(name), str):
+            problems.append(f"{where}: '{name}' must be a string or null, got {raw.get(name)!r}")
+    status = raw.get("status", "not-started")
+    if status not in STATUSES:
+        problems.append(f"{where}: 'status' is {status!r}, not one of {', '.join(STATUSES)}")
+    for name in ("tests_passed", "tests_failed", "tests_skipped"):
+        value = raw.get(name, 0)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            problems.append(f"{where}: '{name}' must be a non-negative integer, got {value!r}")
+    seconds = raw.get("gate_seconds")
+    if seconds is not None and (not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or seconds < 0):
+        problems.append(f"{where}: 'gate_seconds' must be a non-negative number or null, got {seconds!r}")
+    first = _parse_time(raw.get("first_passed"), date, f"{where}: 'first_passed'", problems)
+    last = _parse_time(raw.get("last_check"), datetime, f"{where}: 'last_check'", problems)
+    if len(problems) > before:
+        return None
+    if status == "passed" and (first is None or raw.get("fingerprint") is None
+                               or raw.get("tests_passed", 0) == 0 or raw.get("tests_failed", 0) != 0):
+        problems.append(f"{where}: status 'passed' needs first_passed, a fingerprint, "
+                        f"tests_passed > 0 and tests_failed = 0")
+        return None
+    values = {k: raw.get(k) for k in _FIELD_NAMES if k in raw}
+    values.update(first_passed=first, last_check=last)
+    return DayEntry(**values)
+
+
+def _parse_time(value, kind, where: str, problems: list[str]):
+    if value is None:
+        return None
+    if kind is date and isinstance(value, date) and not isinstance(value, datetime):
+        return value
+    if kind is datetime and isinstance(value, datetime):
+        return value
+    if isinstance(value, str):
+        try:
+            return kind.fromisoformat(value)
+        except ValueError:
+            pass
+    problems.append(f"{where} must be an ISO {'date' if kind is date else 'date-time'} or null, got {value!r}")
+    return None
+
+
+def parse(text: str, source: str = "progress.yml") -> Ledger:
+    """Parse and validate ledger text; LedgerError lists every problem found."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise LedgerError(f"{source}: not valid YAML{at}: {problem}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("days"), list):
+        raise LedgerError(f"{source}: expected a mapping with a 'days' list at the top level")
+    if data.get("schema") != SCHEMA:
+        raise LedgerError(f"{source}: 'schema' is {data.get('schema')!r}; this tooling reads schema {SCHEMA}")
+    problems: list[str] = []
+    days: dict[int, DayEntry] = {}
+    for position, raw in enumerate(data["days"]):
+        entry = _check_entry(raw, position, problems)
+        if entry is None:
+            continue
+        if entry.day in days:
+            problems.append(f"day {entry.day}: listed twice")
+        days[entry.day] = entry
+    absent = [d for d in DAYS if d not in days]
+    if absent and not problems:
+        problems.append(f"missing day(s): {_ranges(absent)} (the ledger holds all 100 days)")
+    if problems:
+        shown = "\n  - ".join(problems[:12])
+        more = f"\n  (and {len(problems) - 12} more)" if len(problems) > 12 else ""
+        raise LedgerError(f"{source} is invalid; nothing was changed:\n  - {shown}{more}")
+    return Ledger(days)
+
+
+def _ranges(days: list[int]) -> str:
+    """[1, 2, 3, 7] -> '1–3, 7'."""
+    spans: list[str] = []
+    start = prev = days[0]
+    for day in days[1:] + [None]:
+        if day is not None and day == prev + 1:
+            prev = day
+            continue
+        spans.append(str(start) if start == prev else f"{start}–{prev}")
+        start = prev = day
+    return ", ".join(spans)
+
+
+def load(path: Path) -> Ledger:
+    path = Path(path)
+    if not path.exists():
+        raise LedgerError(f"{path} not found: the ledger is committed with the project "
+                          f"(recreate it with `invoke ledger --syllabus PATH`)")
+    return parse(path.read_text(encoding="utf-8"), str(path))
+
+
+# ---------------------------------------------------------------- writing
+
+
+def dumps(ledger: Ledger) -> str:
+    body = {"schema": SCHEMA, "days": [entry.to_yaml_dict() for entry in ledger]}
+    return HEADER + yaml.safe_dump(body, sort_keys=False, allow_unicode=True, width=120)
+
+
+def save(ledger: Ledger, path: Path) -> bool:
+    """Write atomically; return False (and touch nothing) when the content is unchanged."""
+    path = Path(path)
+    text = dumps(ledger)
+    parse(text, str(path))  # never write what we could not read back
+    if path.exists() and path.read_text(encoding="utf-8") == text:
+        return False
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return True
+
+
+def from_syllabus(entries: Iterable[dict], previous: Ledger | None = None) -> Ledger:
+    """Build the ledger from syllabus entries, keeping the measured fields of ``previous``."""
+    days: dict[int, DayEntry] = {}
+    for raw in entries:
+        authored = {k: raw.get(k) for k in ("day",) + AUTHORED_FIELDS}
+        entry = DayEntry(**authored)
+        if previous is not None and entry.day in previous.days:
+            old = previous[entry.day]
+            for name in MEASURED_FIELDS:
+                setattr(entry, name, getattr(old, name))
+        days[entry.day] = entry
+    ledger = Ledger(days)
+    parse(dumps(ledger), "syllabus")  # the same validation as a ledger read from disk
+    return ledger

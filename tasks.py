@@ -1,0 +1,105 @@
+"""invoke tasks: a thin layer over the `pipeline` package (run `invoke --list`)."""
+
+from __future__ import annotations
+
+import importlib
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import yaml
+from invoke import Exit, task
+from rich.console import Console
+
+from pipeline import ledger as ledger_io
+from pipeline.console import RichReporter, print_summary, status_table
+from pipeline.ledger import LedgerError
+from pipeline.project import DayNumberError, Project, day_dir_name, parse_day
+from pipeline.publish import PublishOptions, days_arg, plan, publish as run_publish
+from pipeline.readme import ReadmeError
+from pipeline.render import RenderError, choose_engine, render_site
+from pipeline.scaffold import DayExistsError, module_name_for, new_day
+from pipeline.stage import StageError
+
+PROJECT = Project.at(Path(__file__).parent)
+console = Console()
+
+
+@contextmanager
+def _clear_errors():
+    """Turn the pipeline's known errors into one red line and exit status 1 (no traceback)."""
+    try:
+        yield
+    except (LedgerError, DayNumberError, DayExistsError, ReadmeError, StageError, RenderError) as exc:
+        console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise Exit(code=1)
+
+
+@task(help={"day": "the day number, 1 to 100"})
+def new(c, day):
+    """Scaffold days/NNN/ from templates/ with the day's topic (refuses to overwrite)."""
+    with _clear_errors():
+        written = new_day(PROJECT, ledger_io.load(PROJECT.ledger_path), day)
+    for path in written:
+        console.print(f"  created {path.relative_to(PROJECT.root)}")
+    number = parse_day(day)
+    console.print(f"Day {number}: write the spec tests, then run [bold]pytest days/{day_dir_name(number)}[/].")
+
+
+@task(help={"all": "gate every started day, changed or not",
+            "days": "gate only these days, e.g. 3,5-7 (other changed days become stale)",
+            "engine": "auto (quarto if installed, else pandoc), quarto or pandoc",
+            "no_render": "stop after staging the posts",
+            "jobs": "gates to run at once (default: half the cores)"})
+def publish(c, all=False, days=None, engine="auto", no_render=False, jobs=None):
+    """Re-gate what changed, update progress.yml and the README, stage and render the blog."""
+    options = PublishOptions(all=all, engine=engine, render=not no_render)
+    with _clear_errors():
+        options.only = days_arg(days)
+        if jobs:
+            options.jobs = int(jobs)
+        summary = run_publish(PROJECT, options, RichReporter(console))
+        print_summary(console, ledger_io.load(PROJECT.ledger_path), summary)
+    failing = [r.day for r in summary.gated if not r.passed]
+    if failing:
+        console.print(f"[yellow]not published (failing):[/] {', '.join(f'{d:03d}' for d in failing)}")
+
+
+@task(help={"all": "list all 100 days, not only the started ones"})
+def status(c, all=False):
+    """Show the ledger as a table (a passed day whose files changed shows as stale)."""
+    with _clear_errors():
+        ledger = ledger_io.load(PROJECT.ledger_path)
+        console.print(status_table(ledger, plan(PROJECT, ledger), show_all=all))
+
+
+@task(help={"day": "the day number, 1 to 100"})
+def experiment(c, day):
+    """Run a day's experiment: writes days/NNN/figures/ and days/NNN/results.json."""
+    with _clear_errors():
+        number = parse_day(day)
+        entry = ledger_io.load(PROJECT.ledger_path)[number]
+        module = importlib.import_module(f"days.{day_dir_name(number)}.{module_name_for(entry)}")
+        start = time.perf_counter()
+        results = module.run_experiment(PROJECT.day_dir(number))
+    console.print(f"day {number:03d}: experiment done in {time.perf_counter() - start:.1f} s")
+    console.print(results, highlight=False)
+
+
+@task(help={"engine": "auto, quarto or pandoc", "force": "render even if nothing changed"})
+def render(c, engine="auto", force=False):
+    """Render site/ from the posts already staged (no gating)."""
+    with _clear_errors():
+        eng = choose_engine(engine)
+        done = render_site(PROJECT, eng, force=force)
+    console.print(f"site {'rendered with ' + eng.name if done else 'unchanged'}: site/_site/index.html")
+
+
+@task(help={"syllabus": "path to a syllabus.yml (list of days with topic, module, group, arena ...)"})
+def ledger(c, syllabus):
+    """Rebuild progress.yml's authored fields from a syllabus, keeping every measured field."""
+    with _clear_errors():
+        previous = ledger_io.load(PROJECT.ledger_path) if PROJECT.ledger_path.exists() else None
+        entries = yaml.safe_load(Path(syllabus).read_text(encoding="utf-8"))
+        changed = ledger_io.save(ledger_io.from_syllabus(entries, previous), PROJECT.ledger_path)
+    console.print(f"progress.yml {'updated' if changed else 'unchanged'}")
