@@ -28,6 +28,10 @@ AUTHORED_FIELDS = ("topic", "module", "module_name", "group", "arena", "arena_ur
 MEASURED_FIELDS = ("status", "first_passed", "last_check", "tests_passed", "tests_failed",
                    "tests_skipped", "gate_seconds", "fingerprint")
 
+# libyaml's C loader and dumper when present: 10× faster, same documents.
+_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
 HEADER = """\
 # progress.yml: the ledger of the 100-day plan.
 # Authored fields (topic, module, module_name, group, arena, arena_url, seed_code_path) come from
@@ -154,7 +158,7 @@ def _parse_time(value, kind, where: str, problems: list[str]):
 def parse(text: str, source: str = "progress.yml") -> Ledger:
     """Parse and validate ledger text; LedgerError lists every problem found."""
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -209,7 +213,7 @@ def load(path: Path) -> Ledger:
 
 def dumps(ledger: Ledger) -> str:
     body = {"schema": SCHEMA, "days": [entry.to_yaml_dict() for entry in ledger]}
-    return HEADER + yaml.safe_dump(body, sort_keys=False, allow_unicode=True, width=120)
+    return HEADER + yaml.dump(body, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=120)
 
 
 def save(ledger: Ledger, path: Path) -> bool:

@@ -37,6 +37,9 @@ from .stage import StagedPost, stage_post, sync_staged
 __all__ = ["DayPlan", "PublishOptions", "PublishSummary", "live_status", "plan", "publish"]
 
 
+NO_CACHE = "no cached gate result"
+
+
 @dataclass
 class PublishOptions:
     all: bool = False                  # gate every started day, changed or not
@@ -83,7 +86,7 @@ def plan(project: Project, ledger: Ledger, *, gate_all: bool = False) -> list[Da
         elif fp != entry.fingerprint:
             reason = "files changed"
         elif entry.status == "passed" and (cached is None or cached.fingerprint != fp):
-            reason = "no cached gate result"
+            reason = NO_CACHE
         elif entry.status == "stale":
             reason = "stale"
         else:
@@ -137,7 +140,8 @@ def publish(project: Project, options: PublishOptions | None = None, reporter: R
     ledger = ledger_io.load(project.ledger_path)          # a broken ledger stops everything here
     plans = plan(project, ledger, gate_all=options.all)
     only = set(options.only) if options.only else None
-    todo = [p for p in plans if p.reason and (only is None or p.day in only)]
+    # A passed day without a cached result is always re-gated: its post needs the Verified box.
+    todo = [p for p in plans if p.reason and (only is None or p.day in only or p.reason == NO_CACHE)]
     for p in plans:
         entry = ledger[p.day]
         if not p.exists:

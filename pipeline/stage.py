@@ -201,6 +201,8 @@ def stage_post(project: Project, entry: DayEntry, gate: GateResult, first_passed
             if kind == "verified":
                 used_box = True
                 return box
+            if not positional:
+                raise KeyError(f"missing argument (e.g. {{{{< {kind} name >}}}})")
             if kind == "result":
                 if results is None:
                     raise KeyError("the day has no results.json (run its experiment)")
@@ -217,8 +219,8 @@ def stage_post(project: Project, entry: DayEntry, gate: GateResult, first_passed
                 symbol = positional[1] if len(positional) > 1 else None
                 return "```python\n" + extract_source(target, symbol) + "```"
             raise KeyError(f"unknown placeholder kind {kind!r} (use result, measured, code or verified)")
-        except (KeyError, IndexError, StageError) as exc:
-            message = exc.args[0] if exc.args else "missing argument"
+        except (KeyError, StageError) as exc:
+            message = exc.args[0]
             raise StageError(f"{where}, line {line}: {match.group(0)}: {message}") from None
 
     body = _PLACEHOLDER.sub(substitute, body)
