@@ -16,8 +16,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture
 def isolated(tmp_path, monkeypatch):
-    """No inherited asset roots; an empty cache; offline."""
+    """No inherited asset roots; an empty cache; offline through ARENA_OFFLINE only (CI's
+    HF_HUB_OFFLINE is cleared so that the download tests can switch to online)."""
     monkeypatch.delenv("ARENA_ASSETS", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("ARENA_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("ARENA_OFFLINE", "1")
     return tmp_path

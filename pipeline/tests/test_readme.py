@@ -93,3 +93,24 @@ def test_committed_readme_is_in_sync_with_the_committed_ledger():
         "README.md is out of date with progress.yml: run `invoke publish`")
     shown = {_decode(u)[0]: _decode(u)[1] for u in re.findall(r"\((https://img\.shields\.io/badge/[^)]+)\)", readme)}
     assert shown["Days Complete"] == f"{len(ledger.with_status('passed'))}/100"
+
+
+def _code_blocks_after(marker_text: str, readme: str) -> list[str]:
+    section = readme.split(marker_text, 1)[1].split("\n## ", 1)[0]
+    return [b.strip() for b in re.findall(r"```bash\n(.*?)```", section, re.DOTALL)]
+
+
+def test_readme_gives_two_commands_and_ci_runs_the_test_command_exactly():
+    """The README's set-up is one install-and-publish command and one test command; .ci/run
+    installs the same extras and its last command is exactly the README's test command."""
+    readme = (REPO / "README.md").read_text()
+    main_command, test_command = _code_blocks_after("## Set up and run", readme)
+    assert main_command == 'python -m pip install -e ".[dev]" && invoke publish'
+    assert test_command == "pytest"
+    ci = (REPO / ".ci/run").read_text()
+    commands = [line.split("#", 1)[0].strip() for line in ci.splitlines() if line.split("#", 1)[0].strip()]
+    assert commands[-1] == test_command
+    assert main_command.split(" && ")[0] in commands
+    for variable in ("CI=true", "HF_HUB_OFFLINE=1", "HF_DATASETS_OFFLINE=1", "WANDB_MODE=disabled"):
+        assert variable in ci
+    assert "apt-get install -y chromium" in ci and "ARENA_ASSETS" in ci
