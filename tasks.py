@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import time
+from datetime import date
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -15,11 +16,13 @@ from pipeline import ledger as ledger_io
 from pipeline.console import RichReporter, print_summary, status_table
 from pipeline.ledger import LedgerError
 from pipeline.project import DayNumberError, Project, day_dir_name, parse_day
+from pipeline.fingerprint import day_fingerprint
+from pipeline.gate import run_gate
 from pipeline.publish import PublishOptions, days_arg, plan, publish as run_publish
 from pipeline.readme import ReadmeError
 from pipeline.render import RenderError, choose_engine, render_site
 from pipeline.scaffold import DayExistsError, module_name_for, new_day
-from pipeline.stage import StageError
+from pipeline.stage import StageError, stage_post
 
 PROJECT = Project.at(Path(__file__).parent)
 console = Console()
@@ -71,6 +74,23 @@ def status(c, all=False):
     with _clear_errors():
         ledger = ledger_io.load(PROJECT.ledger_path)
         console.print(status_table(ledger, plan(PROJECT, ledger), show_all=all))
+
+
+@task(help={"day": "the day number, 1 to 100"})
+def check(c, day):
+    """Dry run of publishing one day: run its gate, then stage its post in memory (writes nothing)."""
+    with _clear_errors():
+        number = parse_day(day)
+        entry = ledger_io.load(PROJECT.ledger_path)[number]
+        result = run_gate(PROJECT, number, day_fingerprint(PROJECT, number))
+        console.print(f"day {number:03d} gate: {'[green]passed[/]' if result.passed else '[red]failing[/]'} "
+                      f"({result.n_passed} passed, {result.n_failed} failed, {result.n_skipped} skipped) "
+                      f"in {result.wall_seconds:.1f} s", highlight=False)
+        if not result.passed:
+            console.print(f"  {result.failure_summary(limit=10)}", highlight=False)
+            raise Exit(code=1)
+        staged = stage_post(PROJECT, entry, result, entry.first_passed or date.today())
+    console.print(f"post stages cleanly: {staged.slug} ({len(staged.files) - 1} figure file(s))")
 
 
 @task(help={"day": "the day number, 1 to 100"})

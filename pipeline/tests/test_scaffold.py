@@ -77,6 +77,6 @@ def test_invoke_list_explains_every_task(toy):
     """`invoke --list` shows each task with a one-line description."""
     proc = _invoke(toy, "--list")
     assert proc.returncode == 0
-    for name in ("new", "publish", "status", "experiment", "render", "ledger"):
+    for name in ("new", "check", "publish", "status", "experiment", "render", "ledger"):
         line = next(l for l in proc.stdout.splitlines() if l.strip().startswith(name + " "))
         assert len(line.split(None, 1)[1]) > 20, line
