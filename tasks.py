@@ -21,7 +21,7 @@ from pipeline.gate import run_gate
 from pipeline.publish import PublishOptions, days_arg, plan, publish as run_publish
 from pipeline.readme import ReadmeError
 from pipeline.render import RenderError, choose_engine, render_site
-from pipeline.scaffold import DayExistsError, module_name_for, new_day
+from pipeline.scaffold import DayExistsError, new_day
 from pipeline.stage import StageError, stage_post
 
 PROJECT = Project.at(Path(__file__).parent)
@@ -33,7 +33,7 @@ def _clear_errors():
     """Turn the pipeline's known errors into one red line and exit status 1 (no traceback)."""
     try:
         yield
-    except (LedgerError, DayNumberError, DayExistsError, ReadmeError, StageError, RenderError) as exc:
+    except (LedgerError, DayNumberError, DayExistsError, ReadmeError, StageError, RenderError, LookupError) as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False)
         raise Exit(code=1)
 
@@ -98,8 +98,7 @@ def experiment(c, day):
     """Run a day's experiment: writes days/NNN/figures/ and days/NNN/results.json."""
     with _clear_errors():
         number = parse_day(day)
-        entry = ledger_io.load(PROJECT.ledger_path)[number]
-        module = importlib.import_module(f"days.{day_dir_name(number)}.{module_name_for(entry)}")
+        module = importlib.import_module(PROJECT.experiment_module(number))
         start = time.perf_counter()
         results = module.run_experiment(PROJECT.day_dir(number))
     console.print(f"day {number:03d}: experiment done in {time.perf_counter() - start:.1f} s")

@@ -72,6 +72,16 @@ def measure(request) -> Measure:
 
 
 @pytest.fixture
+def one_thread():
+    """Run the test on one torch/BLAS thread (tiny tensors; stable timings). Use with
+    ``pytestmark = pytest.mark.usefixtures("one_thread")`` for a whole module."""
+    from .timing import single_thread
+
+    with single_thread():
+        yield
+
+
+@pytest.fixture
 def asset():
     """``asset(name) -> Path``: an offline asset, or a skip (a failure in CI and gates)."""
     def get(name: str) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -83,6 +84,17 @@ class Project:
 
     def day_dir(self, day: int) -> Path:
         return self.days_dir / day_dir_name(day)
+
+    def experiment_module(self, day: int) -> str:
+        """The importable name of the day's module that defines ``run_experiment``."""
+        found = [path.stem for path in sorted(self.day_dir(day).glob("*.py"))
+                 if not path.name.startswith("test_") and path.name != "__init__.py"
+                 and any(isinstance(node, ast.FunctionDef) and node.name == "run_experiment"
+                         for node in ast.parse(path.read_text(encoding="utf-8")).body)]
+        if len(found) != 1:
+            raise LookupError(f"days/{day_dir_name(day)} needs exactly one module defining run_experiment, "
+                              f"found {found or 'none'}")
+        return f"days.{day_dir_name(day)}.{found[0]}"
 
     def day_exists(self, day: int) -> bool:
         """A day is started once its folder exists (``invoke new`` creates it)."""

@@ -89,7 +89,9 @@ def _context(project: Project, ledger: Ledger, n_posts: int) -> dict:
         for group_name, days in groupby(block, key=lambda e: e.group):
             rows = []
             for e in days:
-                exists = project.day_exists(e.day)
+                # Links follow the ledger, not the working tree: a day folder that is still being
+                # written (never gated) does not appear until `invoke publish` has gated it.
+                exists = e.status != "not-started" and project.day_exists(e.day)
                 post = project.day_dir(e.day) / "post.qmd"
                 rows.append({
                     "day": e.day, "dir": day_dir_name(e.day), "topic": e.topic.replace("|", "\\|"),
@@ -98,7 +100,7 @@ def _context(project: Project, ledger: Ledger, n_posts: int) -> dict:
                     "tests_text": (f"{e.tests_passed}" + (f" / {e.tests_failed} failed" if e.tests_failed else "")
                                    if e.status != "not-started" else ""),
                     "folder": f"days/{day_dir_name(e.day)}/" if exists else None,
-                    "post": f"days/{day_dir_name(e.day)}/post.qmd" if post.exists() else None,
+                    "post": f"days/{day_dir_name(e.day)}/post.qmd" if exists and post.exists() else None,
                 })
             groups.append({"name": group_name, "days": rows, "total": len(rows),
                            "passed": sum(r["status_text"] == STATUS_TEXT["passed"] for r in rows),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
 
@@ -27,7 +28,9 @@ def module_name_for(entry: DayEntry) -> str:
         name = re.sub(r"^day_\d{3}_", "", stem)
     else:
         name = slugify(entry.topic, max_words=4).replace("-", "_")
-    if not name.isidentifier():
+    # Not an identifier, or the name of an installed package (day 10's seed file is wandb.py,
+    # which would shadow wandb for a script run from the day's folder): prefix the day.
+    if not name.isidentifier() or importlib.util.find_spec(name) is not None:
         name = f"day{entry.day:03d}_{name}"
     return name
 

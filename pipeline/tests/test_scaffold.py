@@ -30,6 +30,7 @@ def test_slugs_and_module_names(toy):
     """Module names come from the seed's file name, else from the topic; slugs are URL-safe."""
     ledger = toy.ledger()
     assert module_name_for(ledger[1]) == "tensors"
+    assert module_name_for(ledger[10]) == "day010_wandb"             # would shadow the wandb package
     assert module_name_for(ledger[71]) == "threat_model"          # the seed names a .md file
     assert module_name_for(ledger[95]) == "deep_dive_deceptive_alignment"  # no seed file at all
     assert slugify("ResNets — Architecture + CIFAR-10 Training") == "resnets-architecture-cifar-10-training"
@@ -80,3 +81,12 @@ def test_invoke_list_explains_every_task(toy):
     for name in ("new", "check", "publish", "status", "experiment", "render", "ledger"):
         line = next(l for l in proc.stdout.splitlines() if l.strip().startswith(name + " "))
         assert len(line.split(None, 1)[1]) > 20, line
+
+
+def test_experiment_module_is_the_one_defining_run_experiment(toy):
+    """`invoke experiment` finds the module by its run_experiment, whatever the file is called."""
+    toy.write_day(4)
+    with pytest.raises(LookupError, match="exactly one module defining run_experiment, found none"):
+        toy.project.experiment_module(4)
+    (toy.day_dir(4) / "sweeps_lab.py").write_text("def run_experiment(out_dir):\n    return {}\n")
+    assert toy.project.experiment_module(4) == "days.004.sweeps_lab"

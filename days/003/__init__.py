@@ -1,0 +1,1 @@
+"""Day 3: Ray Tracing Intro + Batched Rays (0.1 Ray Tracing)."""

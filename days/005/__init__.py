@@ -1,0 +1,1 @@
+"""Day 5: Performance Optimization (0.1 Ray Tracing)."""

@@ -1,0 +1,1 @@
+"""Day 9: SGD + Adam from Scratch (0.3 Optimization)."""

@@ -1,0 +1,1 @@
+"""Day 11: Autograd Engine + Chain Rule (0.4 Backpropagation)."""

@@ -1,0 +1,428 @@
+"""The gate of day 11 (ARENA 0.4 Backpropagation: an autograd engine over numpy).
+
+The reference is ``torch.autograd``: each operation's backward function and 300 random
+computational graphs (shared inputs, broadcasting, reductions, indexing with repeats, matmuls)
+give the same gradients as torch for the same float64 inputs. The engine's backward formulas
+are algebraically torch's, evaluated in another order, so they agree to rounding: 1e-12 per op,
+and 1e-9 relative on random graphs whose values reach the hundreds. Independently of torch, each
+operation passes a central-difference gradient check (``checks.grad_check`` with the engine as
+``grad_fn``, float64, atol 1e-6 + rtol 1e-5: truncation and rounding at ε = 1e-6 are ~1e-10).
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from checks import assert_parity, grad_check
+
+from . import autograd as A
+
+HERE = Path(__file__).parent
+
+
+def pos(shape, rng):
+    return rng.uniform(0.5, 2.0, size=shape)
+
+
+def normal(shape, rng):
+    return rng.normal(size=shape)
+
+
+def away_from_zero(shape, rng):
+    """Normal values pushed away from 0, where ReLU's derivative jumps."""
+    x = rng.normal(size=shape)
+    return x + 0.1 * np.sign(x)
+
+
+# The spec as data: (name, our function, torch's function, input shapes, input sampler).
+OPS = [
+    ("log", lambda a: a.log(), torch.log, [(3, 4)], pos),
+    ("exp", lambda a: a.exp(), torch.exp, [(3, 4)], normal),
+    ("neg", lambda a: -a, torch.neg, [(3, 4)], normal),
+    ("add_broadcast", lambda a, b: a + b, torch.add, [(3, 4), (4,)], normal),
+    ("add_python_number", lambda a: 2.0 + a, lambda a: 2.0 + a, [(3, 4)], normal),
+    ("sub_broadcast", lambda a, b: a - b, torch.sub, [(2, 1, 4), (3, 1)], normal),
+    ("rsub", lambda a: 1.0 - a, lambda a: 1.0 - a, [(3, 4)], normal),
+    ("mul_broadcast", lambda a, b: a * b, torch.mul, [(3, 4), (3, 1)], normal),
+    ("mul_scalar_tensor", lambda a, b: a * b, torch.mul, [(3, 4), ()], normal),
+    ("div_broadcast", lambda a, b: a / b, torch.div, [(3, 4), (1, 4)], pos),
+    ("rdiv", lambda a: 2.0 / a, lambda a: 2.0 / a, [(3, 4)], pos),
+    ("pow_number", lambda a: a**3, lambda a: a**3, [(3, 4)], normal),
+    ("pow_tensor", lambda a, b: a**b, torch.pow, [(3, 4), (4,)], pos),
+    ("maximum_broadcast", A.maximum, torch.maximum, [(3, 4), (4,)], normal),
+    ("relu", lambda a: a.relu(), torch.relu, [(3, 4)], away_from_zero),
+    ("matmul", lambda a, b: a @ b, torch.matmul, [(3, 4), (4, 5)], normal),
+    ("matmul_batched_broadcast", lambda a, b: a @ b, torch.matmul, [(2, 1, 3, 4), (5, 4, 2)], normal),
+    ("matmul_vector_matrix", lambda a, b: a @ b, torch.matmul, [(4,), (4, 5)], normal),
+    ("matmul_matrix_vector", lambda a, b: a @ b, torch.matmul, [(2, 3, 4), (4,)], normal),
+    ("matmul_vector_vector", lambda a, b: a @ b, torch.matmul, [(4,), (4,)], normal),
+    ("sum_all", lambda a: a.sum(), torch.sum, [(3, 4)], normal),
+    ("sum_dim", lambda a: a.sum(dim=1), lambda a: a.sum(dim=1), [(3, 4, 2)], normal),
+    ("sum_dims_keepdim", lambda a: a.sum(dim=(0, 2), keepdim=True), lambda a: a.sum(dim=(0, 2), keepdim=True), [(3, 4, 2)], normal),
+    ("mean_dim", lambda a: a.mean(dim=0), lambda a: a.mean(dim=0), [(3, 4)], normal),
+    ("max_all", lambda a: a.max(), torch.amax, [(3, 4)], normal),
+    ("max_dim", lambda a: a.max(dim=1), lambda a: a.amax(dim=1), [(3, 4, 2)], normal),
+    ("max_dim_keepdim", lambda a: a.max(dim=0, keepdim=True), lambda a: a.amax(dim=0, keepdim=True), [(3, 4)], normal),
+    ("reshape", lambda a: a.reshape(4, 6), lambda a: a.reshape(4, 6), [(2, 3, 4)], normal),
+    ("permute", lambda a: a.permute(2, 0, 1), lambda a: a.permute(2, 0, 1), [(2, 3, 4)], normal),
+    ("transpose", lambda a: a.T, lambda a: a.T, [(3, 4)], normal),
+    ("expand", lambda a: a.expand(2, 3, 4), lambda a: a.expand(2, 3, 4), [(3, 1)], normal),
+    ("expand_minus_one", lambda a: a.expand(5, -1), lambda a: a.expand(5, -1), [(4,)], normal),
+    ("getitem_slice", lambda a: a[1:, ::2], lambda a: a[1:, ::2], [(3, 4)], normal),
+    ("getitem_repeated_rows", lambda a: a[np.array([0, 2, 0, 0])], lambda a: a[[0, 2, 0, 0]], [(3, 4)], normal),
+    ("getitem_pairs", lambda a: a[np.array([0, 1, 1]), np.array([2, 0, 2])], lambda a: a[[0, 1, 1], [2, 0, 2]], [(3, 4)], normal),
+    ("getitem_integer", lambda a: a[1], lambda a: a[1], [(3, 4)], normal),
+]
+
+
+def engine(op):
+    """(f, grad_fn) for checks.grad_check: f runs our forward on float64 copies, grad_fn runs
+    our backward with the checker's cotangent as the upstream gradient."""
+    def f(*xs):
+        with A.NoGrad():
+            out = op(*[A.Tensor(x.numpy().copy()) for x in xs])
+        return torch.from_numpy(np.array(out.array, dtype=np.float64))
+
+    def grad_fn(*xs, cotangent=None):
+        leaves = [A.Tensor(x.numpy().copy(), requires_grad=True) for x in xs]
+        out = op(*leaves)
+        out.backward(None if cotangent is None else cotangent.numpy())
+        return [np.zeros(x.shape) if leaf.grad is None else leaf.grad.array for leaf, x in zip(leaves, xs)]
+
+    return f, grad_fn
+
+
+@pytest.mark.parametrize("name, ours, ref, shapes, sampler", OPS, ids=[o[0] for o in OPS])
+def test_op_gradient_check(name, ours, ref, shapes, sampler, measure):
+    """Each operation's backward function is the derivative of its forward: central differences
+    in float64 agree with our engine's gradients (atol 1e-6 + rtol 1e-5)."""
+    rng = np.random.default_rng(0)
+    inputs = [torch.from_numpy(sampler(s, rng)) for s in shapes]
+    f, grad_fn = engine(ours)
+    report = grad_check(f, inputs, grad_fn=grad_fn, names=[f"x{i}" for i in range(len(inputs))])
+    measure(f"gradcheck.{name}.max_abs_err", report.max_abs_err, "≤ 1e-6 + 1e-5·|numeric|")
+
+
+@pytest.mark.parametrize("name, ours, ref, shapes, sampler", OPS, ids=[o[0] for o in OPS])
+def test_op_parity_with_torch_autograd(name, ours, ref, shapes, sampler, measure):
+    """Each operation's value and gradients (for a random upstream gradient) equal torch's
+    forward and torch.autograd's, float64, atol 1e-12 + rtol 1e-12."""
+    rng = np.random.default_rng(1)
+    arrays = [sampler(s, rng) for s in shapes]
+    leaves = [A.Tensor(a.copy(), requires_grad=True) for a in arrays]
+    refs = [torch.tensor(a, requires_grad=True) for a in arrays]
+    out, expected = ours(*leaves), ref(*refs)
+    assert_parity(out.array, expected, atol=1e-12, rtol=1e-12, name=name)
+    upstream = rng.normal(size=expected.shape)
+    out.backward(upstream)
+    expected.backward(torch.from_numpy(upstream))
+    worst = 0.0
+    for leaf, r in zip(leaves, refs):
+        worst = max(worst, assert_parity(leaf.grad.array, r.grad, atol=1e-12, rtol=1e-12, name=name).max_abs_err)
+    measure(f"parity.{name}.max_abs_err", worst, "≤ 1e-12 + 1e-12·|ref|")
+
+
+# ---------------------------------------------------------------- random graphs
+
+N = 4
+SHAPES = [(N, N), (1, N), (N, 1), (N,), ()]
+
+
+def _reduce(fn, x, dim):
+    """A keepdim reduction along an axis the value has (a 0-d value stays as it is)."""
+    return x if x.ndim == 0 else fn(x, dim % x.ndim)
+
+
+# name -> (arity, ours, torch's); `extra` carries the op's random choices (an axis, an index).
+GRAPH_OPS = {
+    "add": (2, lambda a, b, e: a + b, lambda a, b, e: a + b),
+    "sub": (2, lambda a, b, e: a - b, lambda a, b, e: a - b),
+    "mul": (2, lambda a, b, e: a * b, lambda a, b, e: a * b),
+    "div": (2, lambda a, b, e: a / (b * b + 1), lambda a, b, e: a / (b * b + 1)),
+    "maximum": (2, lambda a, b, e: A.maximum(a, b), lambda a, b, e: torch.maximum(a, b)),
+    "matmul": (2, lambda a, b, e: a.expand(N, N) @ b.expand(N, N), lambda a, b, e: a.expand(N, N) @ b.expand(N, N)),
+    "gauss": (1, lambda a, e: (-(a * a)).exp(), lambda a, e: (-(a * a)).exp()),
+    "log1p_square": (1, lambda a, e: (a * a + 1).log(), lambda a, e: (a * a + 1).log()),
+    "relu": (1, lambda a, e: a.relu(), lambda a, e: a.relu()),
+    "sum": (1, lambda a, e: _reduce(lambda x, d: x.sum(dim=d, keepdim=True), a, e["dim"]),
+            lambda a, e: _reduce(lambda x, d: x.sum(dim=d, keepdim=True), a, e["dim"])),
+    "max": (1, lambda a, e: _reduce(lambda x, d: x.max(dim=d, keepdim=True), a, e["dim"]),
+            lambda a, e: _reduce(lambda x, d: x.amax(dim=d, keepdim=True), a, e["dim"])),
+    "mean": (1, lambda a, e: a.mean(), lambda a, e: a.mean()),
+    "transpose": (1, lambda a, e: a.expand(N, N).T, lambda a, e: a.expand(N, N).T),
+    "rows": (1, lambda a, e: a.expand(N, N)[e["rows"]], lambda a, e: a.expand(N, N)[torch.from_numpy(e["rows"])]),
+    "shuffle": (1, lambda a, e: a.expand(N, N).reshape(N * N)[e["perm"]].reshape(N, N),
+                lambda a, e: a.expand(N, N).reshape(N * N)[torch.from_numpy(e["perm"])].reshape(N, N)),
+}
+
+
+def random_program(rng):
+    """Random leaves with broadcast-compatible shapes and 3–12 random operations on them; any
+    value may feed several later ones, so gradients must accumulate over paths."""
+    leaves = [rng.normal(size=SHAPES[rng.integers(len(SHAPES))]) for _ in range(rng.integers(2, 5))]
+    program, n_values = [], len(leaves)
+    for _ in range(rng.integers(3, 13)):
+        name = list(GRAPH_OPS)[rng.integers(len(GRAPH_OPS))]
+        inputs = [int(i) for i in rng.integers(0, n_values, size=GRAPH_OPS[name][0])]
+        extra = {"dim": int(rng.integers(0, 2)), "rows": rng.integers(0, N, size=N), "perm": rng.permutation(N * N)}
+        program.append((name, inputs, extra))
+        n_values += 1
+    weights = [rng.normal(size=(N, N)) for _ in range(n_values)]
+    return leaves, program, weights
+
+
+def run_program(leaves, program, weights, make, which):
+    """Run the program with tensors from ``make``; the loss weighs every value, so all are used."""
+    values = [make(a) for a in leaves]
+    for name, inputs, extra in program:
+        fn = GRAPH_OPS[name][1 if which == "ours" else 2]
+        values.append(fn(*[values[i] for i in inputs], extra))
+    loss = (values[0] * 0).sum()
+    for v, w in zip(values, weights):
+        loss = loss + (v * (make(w, grad=False))).sum()
+    return values, loss
+
+
+def test_random_graphs_match_torch_autograd(measure):
+    """300 random graphs (shared subexpressions, broadcasting, reductions, maxima, matmuls,
+    indexing with repeated rows, reshapes): every leaf's gradient equals torch.autograd's
+    (float64, rtol 1e-9 + atol 1e-9), and so does the loss."""
+    rng = np.random.default_rng(2024)
+    worst_rel, n_ops = 0.0, 0
+    for trial in range(300):
+        leaves, program, weights = random_program(rng)
+        n_ops += len(program)
+        ours_vals, ours_loss = run_program(leaves, program, weights,
+                                           lambda a, grad=True: A.Tensor(np.array(a), requires_grad=grad), "ours")
+        ref_vals, ref_loss = run_program(leaves, program, weights,
+                                         lambda a, grad=True: torch.tensor(a, requires_grad=grad), "torch")
+        assert_parity(ours_loss.array, ref_loss, atol=1e-9, rtol=1e-9, name=f"graph {trial} loss")
+        ours_loss.backward()
+        ref_loss.backward()
+        for i in range(len(leaves)):
+            report = assert_parity(ours_vals[i].grad.array, ref_vals[i].grad, atol=1e-9, rtol=1e-9,
+                                   name=f"graph {trial} leaf {i}: {[p[0] for p in program]}")
+            worst_rel = max(worst_rel, report.max_rel_err)
+    measure("random_graphs.n_ops", n_ops)
+    measure("random_graphs.max_rel_err", worst_rel, "≤ 1e-9")
+
+
+# ---------------------------------------------------------------- the machinery
+
+
+def test_unbroadcast_matches_sum_to_size():
+    """unbroadcast sums a gradient back to the original shape exactly like torch's sum_to_size
+    (leading axes dropped, stretched size-1 axes kept), and refuses shapes that are not broadcasts."""
+    rng = np.random.default_rng(0)
+    for big, small in [((2, 3, 4), (3, 4)), ((2, 3, 4), (1, 4)), ((2, 3, 4), (3, 1)), ((2, 3, 4), ()),
+                       ((5, 1, 4), (1, 1, 4)), ((3, 4), (3, 4)), ((2, 3, 4), (2, 1, 1))]:
+        g = rng.normal(size=big)
+        expected = torch.from_numpy(g).sum_to_size(small) if small else torch.from_numpy(g).sum()
+        assert_parity(A.unbroadcast(g, small), expected, atol=1e-12)
+    with pytest.raises(ValueError):
+        A.unbroadcast(rng.normal(size=(3,)), (2, 3))
+    with pytest.raises(ValueError):
+        A.unbroadcast(rng.normal(size=(2, 3)), (2, 2))
+
+
+class Node:
+    """A bare graph node, as in ARENA's topological-sort exercise."""
+
+    def __init__(self, *children):
+        self.children = list(children)
+
+
+def test_topological_sort_orders_every_node_after_its_children():
+    """On 200 random DAGs the sort lists every reachable node exactly once, each after all of its
+    children; unreachable nodes are left out; a cycle is an error."""
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        nodes = []
+        for i in range(rng.integers(1, 15)):
+            k = int(rng.integers(0, min(i, 3) + 1))
+            nodes.append(Node(*[nodes[j] for j in rng.choice(i, size=k, replace=False)] if k else []))
+        root = nodes[-1]
+        order = A.topological_sort(root, lambda n: n.children)
+        position = {id(n): i for i, n in enumerate(order)}
+        assert len(position) == len(order) and order[-1] is root
+        reachable, todo = set(), [root]
+        while todo:
+            n = todo.pop()
+            if id(n) not in reachable:
+                reachable.add(id(n))
+                todo.extend(n.children)
+        assert set(position) == reachable
+        assert all(position[id(c)] < position[id(n)] for n in order for c in n.children)
+    a = Node()
+    b = Node(a)
+    a.children.append(b)
+    with pytest.raises(ValueError, match="cycle"):
+        A.topological_sort(b, lambda n: n.children)
+
+
+def test_deep_graphs_do_not_hit_the_recursion_limit():
+    """A chain of 20,000 additions backpropagates (an iterative sort, not a recursive one): the
+    gradient of x + 1 + 1 + … with respect to x is exactly 1."""
+    x = A.Tensor(np.array(0.5), requires_grad=True)
+    y = x
+    for _ in range(20_000):
+        y = y + 1.0
+    y.backward()
+    assert x.grad.array == 1.0 and y.item() == 20_000.5
+
+
+def test_gradients_accumulate_across_uses_and_calls():
+    """A leaf used on several paths gets the sum of their contributions, and a second backward
+    adds to the stored gradient, as in torch (d/dx of x·x + 3x at 2 is 7, twice: 14)."""
+    x = A.Tensor(np.array(2.0), requires_grad=True)
+    (x * x + 3 * x).backward()
+    assert x.grad.item() == 7.0
+    (x * x + 3 * x).backward()
+    assert x.grad.item() == 14.0
+
+
+def test_ties_and_kinks_follow_torchs_conventions():
+    """Where several elements attain the max, the gradient is shared equally among them, as in
+    torch.amax; torch.maximum splits a tie between its two arguments; ReLU's derivative at
+    exactly 0 is 0."""
+    a = np.array([[1.0, 3.0, 3.0], [2.0, 2.0, 2.0]])
+    x, r = A.Tensor(a, requires_grad=True), torch.tensor(a, requires_grad=True)
+    x.max(dim=1).sum().backward()
+    r.amax(dim=1).sum().backward()
+    assert_parity(x.grad.array, r.grad, atol=0)
+    x2, r2 = A.Tensor(a, requires_grad=True), torch.tensor(a, requires_grad=True)
+    A.maximum(x2, 2.0).sum().backward()
+    torch.maximum(r2, torch.tensor(2.0, dtype=torch.float64)).sum().backward()
+    assert_parity(x2.grad.array, r2.grad, atol=0)
+    z = np.array([-1.0, 0.0, 1.0])
+    x3, r3 = A.Tensor(z, requires_grad=True), torch.tensor(z, requires_grad=True)
+    x3.relu().sum().backward()
+    r3.relu().sum().backward()
+    assert_parity(x3.grad.array, r3.grad, atol=0)
+
+
+def test_requires_grad_and_no_grad():
+    """Outputs require a gradient (and keep a recipe) exactly when an input does and grad mode is
+    on; NoGrad switches recording off, nests, and restores the mode even after an exception;
+    argmax and == are not differentiable."""
+    x = A.Tensor(np.ones(3), requires_grad=True)
+    c = A.Tensor(np.ones(3))
+    assert (x * c).requires_grad and (x * c).recipe is not None
+    assert not (c * c).requires_grad and (c * c).recipe is None
+    with A.NoGrad():
+        with A.NoGrad():
+            pass
+        y = x * 2
+    assert not y.requires_grad and y.recipe is None and (x * 2).requires_grad
+    with pytest.raises(ZeroDivisionError):
+        with A.NoGrad():
+            raise ZeroDivisionError
+    assert (x * 2).requires_grad
+    assert x.argmax().recipe is None and (x == c).recipe is None
+    assert x.is_leaf and not (x * 2).is_leaf and c.is_leaf
+
+
+def test_backward_errors_are_clear():
+    """backward() on a non-scalar needs an explicit end gradient; on a tensor that does not
+    require one it is an error; an unregistered operation names itself."""
+    x = A.Tensor(np.ones(3), requires_grad=True)
+    with pytest.raises(RuntimeError, match="needs end_grad"):
+        (x * 2).backward()
+    with pytest.raises(RuntimeError, match="does not require"):
+        A.Tensor(np.ones(1)).backward()
+    sine = A.wrap_forward_fn(np.sin)
+    with pytest.raises(KeyError, match="argument 0 of sin"):
+        sine(x).sum().backward()
+
+
+def test_module_registers_parameters_like_torch():
+    """Parameters and sub-modules assigned as attributes are registered in order, recursively,
+    with torch's dotted names and shapes for the same structure."""
+    class Block(A.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = A.Linear(5, 4, rng=np.random.default_rng(0))
+            self.scale = A.Parameter(np.ones(4))
+            self.note = "not a parameter"
+
+    class Net(A.Module):
+        def __init__(self):
+            super().__init__()
+            self.first = Block()
+            self.second = Block()
+            self.out = A.Linear(4, 2, bias=False, rng=np.random.default_rng(1))
+
+    class TorchBlock(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(5, 4)
+            self.scale = torch.nn.Parameter(torch.ones(4))
+
+    class TorchNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.first, self.second = TorchBlock(), TorchBlock()
+            self.out = torch.nn.Linear(4, 2, bias=False)
+
+    ours = [(n, p.shape) for n, p in Net().named_parameters()]
+    ref = [(n, tuple(p.shape)) for n, p in TorchNet().named_parameters()]
+    assert ours == ref
+    assert len(list(Net().modules())) == 3
+    assert "Linear(in_features=5, out_features=4, bias=True)" in repr(Net())
+
+
+def test_linear_matches_torch_and_initialises_like_torch(measure):
+    """Linear computes x Wᵀ + b like torch.nn.functional.linear (float64, 1e-12), its gradients
+    equal torch's, and its weights are U(−1/√in, 1/√in) like torch's default (KS test, p > 0.001)."""
+    rng = np.random.default_rng(0)
+    layer = A.Linear(6, 3, rng=rng, dtype=np.float64)
+    x = rng.normal(size=(5, 6))
+    out = layer(A.Tensor(x))
+    W = torch.tensor(layer.weight.array, requires_grad=True)
+    b = torch.tensor(layer.bias.array, requires_grad=True)
+    ref = torch.nn.functional.linear(torch.from_numpy(x), W, b)
+    assert_parity(out.array, ref, atol=1e-12)
+    upstream = rng.normal(size=(5, 3))
+    out.backward(upstream)
+    ref.backward(torch.from_numpy(upstream))
+    assert_parity(layer.weight.grad.array, W.grad, atol=1e-12)
+    assert_parity(layer.bias.grad.array, b.grad, atol=1e-12)
+    big = A.Linear(400, 300, rng=np.random.default_rng(1))
+    bound = 1 / np.sqrt(400)
+    p = stats.kstest(big.weight.array.ravel(), stats.uniform(-bound, 2 * bound).cdf).pvalue
+    measure("linear_init.ks_p_value", p, "> 0.001")
+    assert p > 1e-3 and np.abs(big.weight.array).max() <= bound and big.weight.dtype == np.float32
+
+
+def test_results_json_is_current(measure):
+    """The post's finite-difference curve is reproduced now (rel 1e-9), and it has the shape the
+    error analysis predicts: central differences are best near u^(1/3) ≈ 5e-6 (between 1e-7 and
+    1e-4), with slope ≈ +2 on the truncation side and ≈ −1 on the rounding side; forward
+    differences are best near u^(1/2) ≈ 1e-8 with slope ≈ +1. The benchmark has its five widths."""
+    results = json.loads((HERE / "results.json").read_text())
+    assert results["epsilons"] == pytest.approx(A.EPSILONS, rel=1e-12)
+    now = A.difference_errors(A.EPSILONS)
+    for kind in ("central", "forward"):
+        assert now[kind] == pytest.approx(results["errors"][kind], rel=1e-9)
+    eps = np.log10(A.EPSILONS)
+    central, forward = np.log10(now["central"]), np.log10(now["forward"])
+    assert 1e-7 <= results["central_best"]["eps"] <= 1e-4 and results["central_best"]["error"] < 1e-9
+    assert 1e-9 <= results["forward_best"]["eps"] <= 1e-7
+    right = eps >= -3.5
+    left = eps <= -9
+    slopes = {"central_truncation": np.polyfit(eps[right], central[right], 1)[0],
+              "central_rounding": np.polyfit(eps[left], central[left], 1)[0],
+              "forward_truncation": np.polyfit(eps[right], forward[right], 1)[0]}
+    for name, value in slopes.items():
+        measure(f"slope.{name}", value)
+    assert slopes["central_truncation"] == pytest.approx(2, abs=0.2)
+    assert slopes["central_rounding"] == pytest.approx(-1, abs=0.3)
+    assert slopes["forward_truncation"] == pytest.approx(1, abs=0.15)
+    assert [r["width"] for r in results["benchmark"]] == [8, 32, 128, 512, 2048]
+    assert all(r["ratio"] > 0 for r in results["benchmark"])
+    for name in ("finite_differences", "benchmark"):
+        assert (HERE / f"figures/{name}.png").stat().st_size > 10_000
