@@ -1,0 +1,1 @@
+"""Day 31: Transformer Blocks (1.1 Transformers)."""

@@ -1,0 +1,1 @@
+"""Day 32: Full GPT-2 Architecture (1.1 Transformers)."""

@@ -1,0 +1,1 @@
+"""Day 33: Load Pretrained Weights (1.1 Transformers)."""

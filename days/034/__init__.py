@@ -1,0 +1,1 @@
+"""Day 34: Sampling Strategies (1.1 Transformers)."""
