@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import time
 from dataclasses import dataclass
 from functools import reduce as _fold
 from pathlib import Path
@@ -29,6 +28,8 @@ from pathlib import Path
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+
+from checks.timing import best_time
 
 # ---------------------------------------------------------------- einsum
 
@@ -374,16 +375,6 @@ def _loop_matmul(a: Tensor, b: Tensor) -> Tensor:
     return out
 
 
-def _best_time(fn, repeats: int = 5) -> float:
-    """The minimum over repeats: the least noisy estimate of a function's cost."""
-    best = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
-
-
 def benchmark_matmul(sizes: tuple[int, ...] = (16, 32, 64, 128, 256)) -> list[dict]:
     """Seconds for an n×n matmul: Python loops, our broadcasting einsum, torch.einsum, torch.mm."""
     rows = []
@@ -391,11 +382,11 @@ def benchmark_matmul(sizes: tuple[int, ...] = (16, 32, 64, 128, 256)) -> list[di
     for n in sizes:
         a, b = torch.randn(n, n, generator=gen), torch.randn(n, n, generator=gen)
         row = {"n": n,
-               "ours": _best_time(lambda: einsum("ij,jk->ik", a, b)),
-               "torch_einsum": _best_time(lambda: torch.einsum("ij,jk->ik", a, b)),
-               "torch_mm": _best_time(lambda: a @ b)}
+               "ours": best_time(lambda: einsum("ij,jk->ik", a, b)),
+               "torch_einsum": best_time(lambda: torch.einsum("ij,jk->ik", a, b)),
+               "torch_mm": best_time(lambda: a @ b)}
         if n <= 64:  # n^2 Python-level dot products: minutes beyond this
-            row["loops"] = _best_time(lambda: _loop_matmul(a, b), repeats=1)
+            row["loops"] = best_time(lambda: _loop_matmul(a, b), repeats=1)
         rows.append(row)
     return rows
 

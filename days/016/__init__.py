@@ -1,0 +1,1 @@
+"""Day 16: Q-Learning & Tabular RL (2.1 Intro to RL)."""

@@ -1,0 +1,1 @@
+"""Day 17: Policy & Value Iteration (2.1 Intro to RL)."""

@@ -1,0 +1,1 @@
+"""Day 18: Deep Q-Network (DQN) (2.2 DQN & VPG)."""
