@@ -15,8 +15,8 @@ from rich.console import Console
 from pipeline import ledger as ledger_io
 from pipeline.console import RichReporter, print_summary, status_table
 from pipeline.ledger import LedgerError
-from pipeline.project import DayNumberError, Project, day_dir_name, parse_day
-from pipeline.fingerprint import day_fingerprint
+from pipeline.project import DayNumberError, Project, day_dir_name, parse_day, parse_unit, unit_label
+from pipeline.fingerprint import unit_fingerprint
 from pipeline.gate import run_gate
 from pipeline.publish import PublishOptions, days_arg, plan, publish as run_publish
 from pipeline.readme import ReadmeError
@@ -50,7 +50,7 @@ def new(c, day):
 
 
 @task(help={"all": "gate every started day, changed or not",
-            "days": "gate only these days, e.g. 3,5-7 (other changed days become stale)",
+            "days": "gate only these days, e.g. 3,5-7,capstone (other changed ones become stale)",
             "engine": "auto (quarto if installed, else pandoc), quarto or pandoc",
             "no_render": "stop after staging the posts",
             "jobs": "gates to run at once (default: half the cores)"})
@@ -63,9 +63,9 @@ def publish(c, all=False, days=None, engine="auto", no_render=False, jobs=None):
             options.jobs = int(jobs)
         summary = run_publish(PROJECT, options, RichReporter(console))
         print_summary(console, ledger_io.load(PROJECT.ledger_path), summary)
-    failing = [r.day for r in summary.gated if not r.passed]
+    failing = [unit_label(r.unit) for r in summary.gated if not r.passed]
     if failing:
-        console.print(f"[yellow]not published (failing):[/] {', '.join(f'{d:03d}' for d in failing)}")
+        console.print(f"[yellow]not published (failing):[/] {', '.join(failing)}")
 
 
 @task(help={"all": "list all 100 days, not only the started ones"})
@@ -76,14 +76,14 @@ def status(c, all=False):
         console.print(status_table(ledger, plan(PROJECT, ledger), show_all=all))
 
 
-@task(help={"day": "the day number, 1 to 100"})
+@task(help={"day": "the day number, 1 to 100, or 'capstone'"})
 def check(c, day):
-    """Dry run of publishing one day: run its gate, then stage its post in memory (writes nothing)."""
+    """Dry run of publishing one day (or the capstone): its gate, then its post staged in memory."""
     with _clear_errors():
-        number = parse_day(day)
-        entry = ledger_io.load(PROJECT.ledger_path)[number]
-        result = run_gate(PROJECT, number, day_fingerprint(PROJECT, number))
-        console.print(f"day {number:03d} gate: {'[green]passed[/]' if result.passed else '[red]failing[/]'} "
+        key = parse_unit(day)
+        entry = ledger_io.load(PROJECT.ledger_path).entry(key)
+        result = run_gate(PROJECT, key, unit_fingerprint(PROJECT, key))
+        console.print(f"{unit_label(key)} gate: {'[green]passed[/]' if result.passed else '[red]failing[/]'} "
                       f"({result.n_passed} passed, {result.n_failed} failed, {result.n_skipped} skipped) "
                       f"in {result.wall_seconds:.1f} s", highlight=False)
         if not result.passed:
@@ -93,15 +93,15 @@ def check(c, day):
     console.print(f"post stages cleanly: {staged.slug} ({len(staged.files) - 1} figure file(s))")
 
 
-@task(help={"day": "the day number, 1 to 100"})
+@task(help={"day": "the day number, 1 to 100, or 'capstone'"})
 def experiment(c, day):
-    """Run a day's experiment: writes days/NNN/figures/ and days/NNN/results.json."""
+    """Run a day's (or the capstone's) experiment: writes its figures/ and results.json."""
     with _clear_errors():
-        number = parse_day(day)
-        module = importlib.import_module(PROJECT.experiment_module(number))
+        key = parse_unit(day)
+        module = importlib.import_module(PROJECT.experiment_module(key))
         start = time.perf_counter()
-        results = module.run_experiment(PROJECT.day_dir(number))
-    console.print(f"day {number:03d}: experiment done in {time.perf_counter() - start:.1f} s")
+        results = module.run_experiment(PROJECT.unit_dir(key))
+    console.print(f"{unit_label(key)}: experiment done in {time.perf_counter() - start:.1f} s")
     console.print(results, highlight=False)
 
 

@@ -8,7 +8,9 @@ from rich.table import Table
 
 from .gate import GateResult
 from .ledger import Ledger
-from .publish import DayPlan, PublishSummary, Reporter, live_status
+from .ledger import DayEntry
+from .project import unit_label, unit_name
+from .publish import UnitPlan, PublishSummary, Reporter, live_status
 
 STYLE = {"passed": "green", "failing": "red", "stale": "yellow", "not-started": "dim"}
 
@@ -27,8 +29,8 @@ class RichReporter(Reporter):
         if not days:
             self.console.print("[bold]→[/] nothing changed: no day to gate")
             return
-        self.console.print(f"[bold]→[/] gating {len(days)} day(s): "
-                           + ", ".join(f"{d:03d} ({why})" for d, why in days))
+        self.console.print(f"[bold]→[/] gating {len(days)} unit(s): "
+                           + ", ".join(f"{unit_name(d)} ({why})" for d, why in days))
         self.progress = Progress(TextColumn("  gates"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                                  console=self.console, transient=False)
         self.progress.start()
@@ -36,7 +38,7 @@ class RichReporter(Reporter):
 
     def gate_finished(self, result: GateResult) -> None:
         verdict = "[green]passed[/]" if result.passed else f"[red]failing[/]: {result.failure_summary()}"
-        line = (f"  day {result.day:03d}: {verdict} ({result.n_passed} passed, {result.n_failed} failed, "
+        line = (f"  {unit_label(result.unit)}: {verdict} ({result.n_passed} passed, {result.n_failed} failed, "
                 f"{result.n_skipped} skipped; {result.wall_seconds:.1f} s)")
         if self.progress:
             self.progress.console.print(line)
@@ -50,18 +52,19 @@ class RichReporter(Reporter):
             self.progress = None
 
 
-def status_table(ledger: Ledger, plans: list[DayPlan], *, show_all: bool = False) -> Table:
-    """The ledger as a table: started days (or all 100 with show_all)."""
+def status_table(ledger: Ledger, plans: list[UnitPlan], *, show_all: bool = False) -> Table:
+    """The ledger as a table: started days and the capstone (or everything with show_all)."""
     table = Table(title="progress.yml", show_lines=False)
     for column in ("Day", "Module", "Topic", "Status", "Tests", "Gate s", "First passed", "Last check"):
         table.add_column(column, justify="right" if column in ("Day", "Tests", "Gate s") else "left")
-    by_day = {p.day: p for p in plans}
-    for entry in ledger:
-        status = live_status(entry, by_day[entry.day])
+    by_unit = {p.unit: p for p in plans}
+    for entry in ledger.units():
+        status = live_status(entry, by_unit[entry.key])
         if status == "not-started" and not show_all:
             continue
         tests = f"{entry.tests_passed}" + (f"/{entry.tests_failed}✗" if entry.tests_failed else "")
-        table.add_row(f"{entry.day:03d}", str(entry.module), entry.topic, f"[{STYLE[status]}]{status}[/]",
+        table.add_row(unit_name(entry.key), str(entry.module) if isinstance(entry, DayEntry) else "",
+                      entry.title, f"[{STYLE[status]}]{status}[/]",
                       tests if status != "not-started" else "",
                       f"{entry.gate_seconds:.1f}" if entry.gate_seconds is not None else "",
                       str(entry.first_passed or ""), entry.last_check.strftime("%Y-%m-%d %H:%M") if entry.last_check else "")
@@ -72,7 +75,8 @@ def print_summary(console: Console, ledger: Ledger, summary: PublishSummary) -> 
     passed = len(ledger.with_status("passed"))
     console.print(
         f"[bold]done[/] in {summary.seconds:.1f} s: {len(summary.gated)} gated, "
-        f"{len(summary.published)} post(s) published, {passed}/100 days passed; "
+        f"{len(summary.published)} post(s) published, {passed}/100 days passed"
+        f"{', capstone passed' if ledger.capstone.status == 'passed' else ''}; "
         f"ledger {'updated' if summary.ledger_written else 'unchanged'}, "
         f"README {'updated' if summary.readme_written else 'unchanged'}, "
         f"posts {'restaged' if summary.staged_changed else 'unchanged'}, "

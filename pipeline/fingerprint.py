@@ -1,9 +1,9 @@
-"""A day's fingerprint: a hash of everything its gate result depends on.
+"""A unit's fingerprint: a hash of everything its gate result depends on.
 
-That is the day's own folder, the earlier days it imports (``days.NNN`` anywhere in its Python
+That is the unit's own folder (a day's, or the capstone's), the days it imports (``days.NNN`` anywhere in its Python
 files, followed transitively), the shared verification library ``checks/`` (without its own
 tests), the root ``conftest.py``, and the pinned dependencies in ``pyproject.toml``. When the
-fingerprint differs from the ledger's, the day's recorded result no longer speaks for its files:
+fingerprint differs from the ledger's, the unit's recorded result no longer speaks for its files:
 ``invoke publish`` gates it again, and until then it is ``stale``.
 """
 
@@ -14,9 +14,9 @@ import re
 import tomllib
 from pathlib import Path
 
-from .project import Project
+from .project import Project, UnitKey
 
-__all__ = ["day_dependencies", "day_fingerprint"]
+__all__ = ["day_dependencies", "unit_fingerprint"]
 
 _IGNORED_DIRS = {"__pycache__", ".pytest_cache", ".ipynb_checkpoints", "wandb"}
 _IGNORED_SUFFIXES = {".pyc", ".pyo"}
@@ -36,18 +36,18 @@ def _files(folder: Path, skip_dirs: set[str] = frozenset()) -> list[Path]:
     return sorted(out)
 
 
-def day_dependencies(project: Project, day: int) -> list[int]:
-    """Earlier days that ``day`` imports, transitively (sorted, without ``day`` itself)."""
+def day_dependencies(project: Project, key: UnitKey) -> list[int]:
+    """The days that a unit imports, transitively (sorted, without the unit itself)."""
     seen: set[int] = set()
-    todo = [day]
+    todo: list[UnitKey] = [key]
     while todo:
         current = todo.pop()
-        for path in _files(project.day_dir(current)):
+        for path in _files(project.unit_dir(current)):
             if path.suffix != ".py":
                 continue
             for match in _DAY_IMPORT.finditer(path.read_text(encoding="utf-8", errors="replace")):
                 dep = int(match.group(1))
-                if dep != day and dep not in seen and project.day_exists(dep):
+                if dep != key and dep not in seen and project.day_exists(dep):
                     seen.add(dep)
                     todo.append(dep)
     return sorted(seen)
@@ -61,11 +61,12 @@ def _pinned_dependencies(project: Project) -> bytes:
     return repr(data.get("project", {}).get("dependencies", [])).encode()
 
 
-def day_fingerprint(project: Project, day: int) -> str:
-    """sha256 over the relative paths and bytes of everything the day's gate depends on."""
+def unit_fingerprint(project: Project, key: UnitKey) -> str:
+    """sha256 over the relative paths and bytes of everything the unit's gate depends on."""
     digest = hashlib.sha256()
-    roots: list[tuple[str, Path, set[str]]] = [(f"days/{d:03d}", project.day_dir(d), set())
-                                                for d in [day, *day_dependencies(project, day)]]
+    own = [(project.unit_rel(key), project.unit_dir(key), set())]
+    roots: list[tuple[str, Path, set[str]]] = own + [(f"days/{d:03d}", project.day_dir(d), set())
+                                                     for d in day_dependencies(project, key)]
     roots.append(("checks", project.root / "checks", {"tests"}))
     for label, folder, skip in roots:
         for path in _files(folder, skip):

@@ -1,9 +1,11 @@
-"""Gating a day: run ``pytest days/NNN`` in a fresh process and read what it measured.
+"""Gating a unit: run ``pytest days/NNN`` (or ``pytest capstone``) in a fresh process and read
+what it measured.
 
 The run is the learner's own acceptance command plus ``--gate-report`` (checks/pytest_plugin.py),
-in a subprocess so that one day's imports or crash cannot affect another's, and so that its wall
-time includes imports, like the 60-second budget. The last result of each day is cached in
-``.gate/NNN.json`` (with the fingerprint it was run on): the source of the post's "Verified" box.
+in a subprocess so that one unit's imports or crash cannot affect another's, and so that its wall
+time includes imports, like the 60-second budget. The last result of each unit is cached in
+``.gate/NNN.json`` or ``.gate/capstone.json`` (with the fingerprint it was run on): the source of
+the post's "Verified" box.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .project import Project, day_dir_name
+from .project import Project, UnitKey, unit_name
 
 __all__ = ["GateResult", "load_cached", "run_gate", "save_cached"]
 
@@ -27,7 +29,7 @@ DEFAULT_TIMEOUT_S = 900
 
 @dataclass
 class GateResult:
-    day: int
+    unit: UnitKey              # a day number, or "capstone"
     fingerprint: str
     checked_at: str            # ISO date-time (UTC) when the run started
     wall_seconds: float        # the whole `pytest days/NNN`, imports included
@@ -67,7 +69,7 @@ class GateResult:
         return "; ".join(lines[:limit]) + more
 
     def measurements(self) -> dict[str, dict]:
-        """Every measured number of the day by name: {name: {value, bound, nodeid}}."""
+        """Every measured number of the unit by name: {name: {value, bound, nodeid}}."""
         found: dict[str, dict] = {}
         for test in self.tests:
             for m in test.get("measured", []):
@@ -82,10 +84,10 @@ class GateResult:
         return cls(**json.loads(text))
 
 
-def run_gate(project: Project, day: int, fingerprint: str, *, timeout: float = DEFAULT_TIMEOUT_S,
+def run_gate(project: Project, key: UnitKey, fingerprint: str, *, timeout: float = DEFAULT_TIMEOUT_S,
              extra_args: tuple[str, ...] = ()) -> GateResult:
-    """Run the day's gate in a subprocess and return its result (never raises for a red day)."""
-    rel = f"days/{day_dir_name(day)}"
+    """Run the unit's gate in a subprocess and return its result (never raises for a red unit)."""
+    rel = project.unit_rel(key)
     checked_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     env = {**os.environ, "ARENA_GATE": "1", "PYTHONDONTWRITEBYTECODE": "1"}
     with tempfile.TemporaryDirectory(prefix="gate-") as tmp:
@@ -103,26 +105,26 @@ def run_gate(project: Project, day: int, fingerprint: str, *, timeout: float = D
         wall = time.perf_counter() - start
         report = json.loads(report_path.read_text()) if report_path.exists() else {}
     return GateResult(
-        day=day, fingerprint=fingerprint, checked_at=checked_at, wall_seconds=round(wall, 2),
+        unit=key, fingerprint=fingerprint, checked_at=checked_at, wall_seconds=round(wall, 2),
         exit_status=exit_status, counts=report.get("counts", {}), tests=report.get("tests", []),
         collect_errors=report.get("collect_errors", []), output_tail=output[-4000:])
 
 
-def _cache_path(project: Project, day: int) -> Path:
-    return project.gate_cache_dir / f"{day_dir_name(day)}.json"
+def _cache_path(project: Project, key: UnitKey) -> Path:
+    return project.gate_cache_dir / f"{unit_name(key)}.json"
 
 
 def save_cached(project: Project, result: GateResult) -> None:
-    path = _cache_path(project, result.day)
+    path = _cache_path(project, result.unit)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(result.to_json(), encoding="utf-8")
     os.replace(tmp, path)
 
 
-def load_cached(project: Project, day: int) -> GateResult | None:
-    """The cached result of the day's last gate, or None if absent or unreadable."""
-    path = _cache_path(project, day)
+def load_cached(project: Project, key: UnitKey) -> GateResult | None:
+    """The cached result of the unit's last gate, or None if absent or unreadable."""
+    path = _cache_path(project, key)
     try:
         return GateResult.from_json(path.read_text(encoding="utf-8"))
     except (OSError, ValueError, TypeError):

@@ -1,7 +1,7 @@
-"""The ledger, ``progress.yml``: the 100-day plan and each day's measured status.
+"""The ledger, ``progress.yml``: the 100-day plan, the capstone, and each one's measured status.
 
 Authored fields come from the syllabus (topic, module, group, ARENA section and link); measured
-fields are written by ``invoke publish``. The file is read with validation (a clear error that
+fields are written by ``invoke publish``, for each day and for the capstone alike. The file is read with validation (a clear error that
 names every problem, never a silent reset) and written atomically (a temporary file in the same
 directory, then a rename), so an interrupted write cannot leave half a ledger.
 """
@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import os
 import tempfile
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from datetime import date, datetime
 from pathlib import Path
 from typing import Iterable
 
 import yaml
 
-from .project import DAYS
+from .project import CAPSTONE, DAYS, UnitKey
 
-__all__ = ["AUTHORED_FIELDS", "DayEntry", "Ledger", "LedgerError", "MEASURED_FIELDS", "STATUSES",
-           "dumps", "from_syllabus", "load", "parse", "save"]
+__all__ = ["AUTHORED_FIELDS", "CapstoneEntry", "DayEntry", "Entry", "Ledger", "LedgerError", "MEASURED_FIELDS",
+           "STATUSES", "dumps", "from_syllabus", "load", "parse", "save"]
 
 SCHEMA = 1
 STATUSES = ("not-started", "failing", "passed", "stale")
@@ -37,24 +37,19 @@ HEADER = """\
 # Authored fields (topic, module, module_name, group, arena, arena_url, seed_code_path) come from
 # the syllabus and may be edited by hand. Measured fields (status, first_passed, last_check,
 # tests_passed, tests_failed, tests_skipped, gate_seconds, fingerprint) are written by
-# `invoke publish` from the gate runs: do not edit them.
+# `invoke publish` from the gate runs: do not edit them. The capstone has the same measured fields.
 """
+CAPSTONE_TITLE = "The Alignment Researcher's Gauntlet"
 
 
 class LedgerError(ValueError):
     """progress.yml is missing, not YAML, or does not describe the 100 days correctly."""
 
 
-@dataclass
-class DayEntry:
-    day: int
-    topic: str
-    module: int
-    module_name: str
-    group: str
-    arena: str | None = None
-    arena_url: str | None = None
-    seed_code_path: str | None = None
+@dataclass(kw_only=True)
+class Entry:
+    """What the tooling measures for a unit (a day or the capstone)."""
+
     status: str = "not-started"
     first_passed: date | None = None
     last_check: datetime | None = None
@@ -71,50 +66,80 @@ class DayEntry:
         return d
 
 
+@dataclass(kw_only=True)
+class DayEntry(Entry):
+    day: int
+    topic: str
+    module: int
+    module_name: str
+    group: str
+    arena: str | None = None
+    arena_url: str | None = None
+    seed_code_path: str | None = None
+
+    @property
+    def key(self) -> UnitKey:
+        return self.day
+
+    @property
+    def title(self) -> str:
+        return self.topic
+
+    def to_yaml_dict(self) -> dict:
+        d = super().to_yaml_dict()
+        authored = {name: d.pop(name) for name in ("day",) + AUTHORED_FIELDS}
+        return {**authored, **d}  # authored fields first, as in the syllabus
+
+
+@dataclass(kw_only=True)
+class CapstoneEntry(Entry):
+    title: str = CAPSTONE_TITLE
+
+    @property
+    def key(self) -> UnitKey:
+        return CAPSTONE
+
+    def to_yaml_dict(self) -> dict:
+        d = super().to_yaml_dict()
+        return {"title": d.pop("title"), **d}
+
+
 _FIELD_NAMES = tuple(f.name for f in fields(DayEntry))
+_CAPSTONE_FIELDS = tuple(f.name for f in fields(CapstoneEntry))
 
 
 @dataclass
 class Ledger:
     days: dict[int, DayEntry]
+    capstone: CapstoneEntry = field(default_factory=CapstoneEntry)
 
     def __getitem__(self, day: int) -> DayEntry:
         return self.days[day]
 
     def __iter__(self):
+        """The days, in order (the capstone is separate: see units())."""
         return iter(self.days[d] for d in sorted(self.days))
 
     def with_status(self, *statuses: str) -> list[DayEntry]:
+        """The days with one of these statuses (not the capstone)."""
         return [e for e in self if e.status in statuses]
+
+    def entry(self, key: UnitKey) -> Entry:
+        return self.capstone if key == CAPSTONE else self.days[key]
+
+    def units(self) -> list[Entry]:
+        """Every publishable unit: the days in order, then the capstone."""
+        return [*self, self.capstone]
 
 
 # ---------------------------------------------------------------- reading
 
 
-def _check_entry(raw, position: int, problems: list[str]) -> DayEntry | None:
-    where = f"entry {position + 1}"
-    if not isinstance(raw, dict):
-        problems.append(f"{where}: expected a mapping of fields, got {type(raw).__name__}")
-        return None
-    day = raw.get("day")
-    if not isinstance(day, int) or isinstance(day, bool) or day not in DAYS:
-        problems.append(f"{where}: 'day' must be an integer from 1 to 100, got {day!r}")
-        return None
-    where = f"day {day}"
+def _check_measured(raw: dict, where: str, problems: list[str]) -> dict | None:
+    """Validate the measured fields of a day or the capstone; return them parsed, or None."""
     before = len(problems)
-    unknown = sorted(set(raw) - set(_FIELD_NAMES))
-    if unknown:
-        problems.append(f"{where}: unknown field(s) {', '.join(map(repr, unknown))} "
-                        f"(known: {', '.join(_FIELD_NAMES)})")
-    for name in ("topic", "module_name", "group"):
-        if not isinstance(raw.get(name), str) or not raw.get(name).strip():
-            problems.append(f"{where}: '{name}' must be a non-empty string, got {raw.get(name)!r}")
-    module = raw.get("module")
-    if not isinstance(module, int) or isinstance(module, bool) or not 0 <= module <= 4:
-        problems.append(f"{where}: 'module' must be an integer from 0 to 4, got {module!r}")
-    for name in ("arena", "arena_url", "seed_code_path", "fingerprint"):
-        if raw.get(name) is not None and not isinstance(raw.get(name), str):
-            problems.append(f"{where}: '{name}' must be a string or null, got {raw.get(name)!r}")
+    if raw.get("fingerprint") is not None and not isinstance(raw.get("fingerprint"), str):
+        problems.append(f"{where}: 'fingerprint' must be a string or null, got {raw.get('fingerprint')!r}")
     status = raw.get("status", "not-started")
     if status not in STATUSES:
         problems.append(f"{where}: 'status' is {status!r}, not one of {', '.join(STATUSES)}")
@@ -134,9 +159,58 @@ def _check_entry(raw, position: int, problems: list[str]) -> DayEntry | None:
         problems.append(f"{where}: status 'passed' needs first_passed, a fingerprint, "
                         f"tests_passed > 0 and tests_failed = 0")
         return None
-    values = {k: raw.get(k) for k in _FIELD_NAMES if k in raw}
+    values = {k: raw[k] for k in MEASURED_FIELDS if k in raw}
     values.update(first_passed=first, last_check=last)
-    return DayEntry(**values)
+    return values
+
+
+def _unknown_fields(raw: dict, known: tuple[str, ...], where: str, problems: list[str]) -> None:
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        problems.append(f"{where}: unknown field(s) {', '.join(map(repr, unknown))} (known: {', '.join(known)})")
+
+
+def _check_entry(raw, position: int, problems: list[str]) -> DayEntry | None:
+    where = f"entry {position + 1}"
+    if not isinstance(raw, dict):
+        problems.append(f"{where}: expected a mapping of fields, got {type(raw).__name__}")
+        return None
+    day = raw.get("day")
+    if not isinstance(day, int) or isinstance(day, bool) or day not in DAYS:
+        problems.append(f"{where}: 'day' must be an integer from 1 to 100, got {day!r}")
+        return None
+    where = f"day {day}"
+    before = len(problems)
+    _unknown_fields(raw, _FIELD_NAMES, where, problems)
+    for name in ("topic", "module_name", "group"):
+        if not isinstance(raw.get(name), str) or not raw.get(name).strip():
+            problems.append(f"{where}: '{name}' must be a non-empty string, got {raw.get(name)!r}")
+    module = raw.get("module")
+    if not isinstance(module, int) or isinstance(module, bool) or not 0 <= module <= 4:
+        problems.append(f"{where}: 'module' must be an integer from 0 to 4, got {module!r}")
+    for name in ("arena", "arena_url", "seed_code_path"):
+        if raw.get(name) is not None and not isinstance(raw.get(name), str):
+            problems.append(f"{where}: '{name}' must be a string or null, got {raw.get(name)!r}")
+    measured = _check_measured(raw, where, problems)
+    if measured is None or len(problems) > before:
+        return None
+    return DayEntry(**{k: raw[k] for k in ("day",) + AUTHORED_FIELDS if k in raw}, **measured)
+
+
+def _check_capstone(raw, problems: list[str]) -> CapstoneEntry | None:
+    if raw is None:
+        return CapstoneEntry()  # a ledger from before the capstone existed: not started
+    if not isinstance(raw, dict):
+        problems.append(f"capstone: expected a mapping of fields, got {type(raw).__name__}")
+        return None
+    before = len(problems)
+    _unknown_fields(raw, _CAPSTONE_FIELDS, "capstone", problems)
+    if not isinstance(raw.get("title", CAPSTONE_TITLE), str):
+        problems.append(f"capstone: 'title' must be a string, got {raw.get('title')!r}")
+    measured = _check_measured(raw, "capstone", problems)
+    if measured is None or len(problems) > before:
+        return None
+    return CapstoneEntry(title=raw.get("title", CAPSTONE_TITLE), **measured)
 
 
 def _parse_time(value, kind, where: str, problems: list[str]):
@@ -180,11 +254,15 @@ def parse(text: str, source: str = "progress.yml") -> Ledger:
     absent = [d for d in DAYS if d not in days]
     if absent and not problems:
         problems.append(f"missing day(s): {_ranges(absent)} (the ledger holds all 100 days)")
+    capstone = _check_capstone(data.get("capstone"), problems)
+    unknown = sorted(set(data) - {"schema", "days", "capstone"})
+    if unknown:
+        problems.append(f"unknown top-level key(s) {', '.join(map(repr, unknown))} (known: schema, days, capstone)")
     if problems:
         shown = "\n  - ".join(problems[:12])
         more = f"\n  (and {len(problems) - 12} more)" if len(problems) > 12 else ""
         raise LedgerError(f"{source} is invalid; nothing was changed:\n  - {shown}{more}")
-    return Ledger(days)
+    return Ledger(days, capstone)
 
 
 def _ranges(days: list[int]) -> str:
@@ -212,7 +290,8 @@ def load(path: Path) -> Ledger:
 
 
 def dumps(ledger: Ledger) -> str:
-    body = {"schema": SCHEMA, "days": [entry.to_yaml_dict() for entry in ledger]}
+    body = {"schema": SCHEMA, "days": [entry.to_yaml_dict() for entry in ledger],
+            "capstone": ledger.capstone.to_yaml_dict()}
     return HEADER + yaml.dump(body, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=120)
 
 
@@ -247,6 +326,6 @@ def from_syllabus(entries: Iterable[dict], previous: Ledger | None = None) -> Le
             for name in MEASURED_FIELDS:
                 setattr(entry, name, getattr(old, name))
         days[entry.day] = entry
-    ledger = Ledger(days)
+    ledger = Ledger(days, previous.capstone if previous is not None else CapstoneEntry())
     parse(dumps(ledger), "syllabus")  # the same validation as a ledger read from disk
     return ledger

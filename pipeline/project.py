@@ -1,4 +1,9 @@
-"""Where things live in a checkout, and the names derived from a day's number and topic."""
+"""Where things live in a checkout, and the names derived from a day's number and topic.
+
+The tooling publishes *units*: the 100 days (keyed by their number) and the capstone (keyed by
+the string ``"capstone"``). Each unit is a folder with a gate (its tests), a post and, usually,
+an experiment: ``days/NNN/post.qmd`` for a day, ``capstone/report.qmd`` for the capstone.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +12,18 @@ import re
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Union
 
-__all__ = ["DAYS", "DayNumberError", "Project", "day_dir_name", "parse_day", "slugify"]
+__all__ = ["CAPSTONE", "DAYS", "DayNumberError", "Project", "UnitKey", "day_dir_name", "parse_day",
+           "parse_unit", "slugify", "unit_label", "unit_name"]
 
 DAYS = range(1, 101)
+CAPSTONE = "capstone"
+UnitKey = Union[int, str]  # a day number, or CAPSTONE
 
 
 class DayNumberError(ValueError):
-    """A day number that is not an integer in 1..100."""
+    """A day number that is not an integer in 1..100 (or, where allowed, 'capstone')."""
 
 
 def parse_day(value) -> int:
@@ -32,8 +41,28 @@ def parse_day(value) -> int:
     return day
 
 
+def parse_unit(value) -> UnitKey:
+    """A day number (as parse_day) or 'capstone'."""
+    if isinstance(value, str) and value.strip().lower() == CAPSTONE:
+        return CAPSTONE
+    try:
+        return parse_day(value)
+    except DayNumberError as exc:
+        raise DayNumberError(f"{exc} (or 'capstone')") from None
+
+
 def day_dir_name(day: int) -> str:
     return f"{day:03d}"
+
+
+def unit_name(key: UnitKey) -> str:
+    """'007' for day 7, 'capstone' for the capstone: file names (gate cache) use it."""
+    return CAPSTONE if key == CAPSTONE else day_dir_name(key)
+
+
+def unit_label(key: UnitKey) -> str:
+    """'day 007' or 'capstone', for messages."""
+    return CAPSTONE if key == CAPSTONE else f"day {day_dir_name(key)}"
 
 
 def slugify(text: str, max_words: int = 8) -> str:
@@ -66,6 +95,10 @@ class Project:
         return self.root / "days"
 
     @property
+    def capstone_dir(self) -> Path:
+        return self.root / CAPSTONE
+
+    @property
     def site_dir(self) -> Path:
         return self.root / "site"
 
@@ -79,23 +112,40 @@ class Project:
 
     @property
     def gate_cache_dir(self) -> Path:
-        """The last gate report of each day (a cache: not committed, rebuilt by gating)."""
+        """The last gate report of each unit (a cache: not committed, rebuilt by gating)."""
         return self.root / ".gate"
 
     def day_dir(self, day: int) -> Path:
         return self.days_dir / day_dir_name(day)
 
-    def experiment_module(self, day: int) -> str:
-        """The importable name of the day's module that defines ``run_experiment``."""
-        found = [path.stem for path in sorted(self.day_dir(day).glob("*.py"))
+    def unit_dir(self, key: UnitKey) -> Path:
+        return self.capstone_dir if key == CAPSTONE else self.day_dir(key)
+
+    def unit_rel(self, key: UnitKey) -> str:
+        """The unit's folder relative to the root, as pytest is given it: 'days/007' or 'capstone'."""
+        return CAPSTONE if key == CAPSTONE else f"days/{day_dir_name(key)}"
+
+    def post_path(self, key: UnitKey) -> Path:
+        return self.unit_dir(key) / ("report.qmd" if key == CAPSTONE else "post.qmd")
+
+    def experiment_module(self, key: UnitKey) -> str:
+        """The importable name of the unit's module that defines ``run_experiment``."""
+        folder = self.unit_dir(key)
+        found = [path.stem for path in sorted(folder.glob("*.py"))
                  if not path.name.startswith("test_") and path.name != "__init__.py"
                  and any(isinstance(node, ast.FunctionDef) and node.name == "run_experiment"
                          for node in ast.parse(path.read_text(encoding="utf-8")).body)]
         if len(found) != 1:
-            raise LookupError(f"days/{day_dir_name(day)} needs exactly one module defining run_experiment, "
+            raise LookupError(f"{self.unit_rel(key)} needs exactly one module defining run_experiment, "
                               f"found {found or 'none'}")
-        return f"days.{day_dir_name(day)}.{found[0]}"
+        return f"{self.unit_rel(key).replace('/', '.')}.{found[0]}"
 
     def day_exists(self, day: int) -> bool:
         """A day is started once its folder exists (``invoke new`` creates it)."""
         return self.day_dir(day).is_dir()
+
+    def unit_exists(self, key: UnitKey) -> bool:
+        """The capstone exists once its folder holds a test file; a day once its folder exists."""
+        if key == CAPSTONE:
+            return self.capstone_dir.is_dir() and any(self.capstone_dir.glob("test_*.py"))
+        return self.day_exists(key)

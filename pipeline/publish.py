@@ -3,17 +3,18 @@
 The steps run in a fixed order and stop with a clear message at the first pipeline failure
 (a red day is not a pipeline failure: it is recorded and left out of the blog):
 
-1. plan: fingerprint every started day and decide which need a gate (changed, never gated,
-   no cached result to build the Verified box from, or all of them with ``--all``);
-2. gate those days, in parallel where cores allow, each ``pytest days/NNN`` in its own process;
+1. plan: fingerprint every started unit (the days and the capstone) and decide which need a gate
+   (changed, never gated, no cached result to build the Verified box from, or all with ``--all``);
+2. gate those units, in parallel where cores allow, each ``pytest days/NNN`` (``pytest capstone``)
+   in its own process;
 3. update ``progress.yml`` (atomically, and only if something changed);
-4. stage the posts of passing days in memory (all placeholders resolved), then rewrite the
+4. stage the posts of passing units in memory (all placeholders resolved), then rewrite the
    README's generated sections, then sync ``site/posts/`` to exactly those posts;
 5. render the site (skipped when its inputs are unchanged; a failed render keeps the old site);
 6. return a summary for the caller to print.
 
-A day is published only when its ledger status is ``passed`` and its cached gate result was run
-on the fingerprint its files have now: a failing or stale day never reaches the blog.
+A unit is published only when its ledger status is ``passed`` and its cached gate result was run
+on the fingerprint its files have now: a failing or stale day (or capstone) never reaches the blog.
 """
 
 from __future__ import annotations
@@ -26,15 +27,15 @@ from datetime import date, datetime
 from typing import Callable
 
 from . import ledger as ledger_io
-from .fingerprint import day_fingerprint
+from .fingerprint import unit_fingerprint
 from .gate import GateResult, load_cached, run_gate, save_cached
-from .ledger import DayEntry, Ledger
-from .project import Project, parse_day
+from .ledger import Entry, Ledger
+from .project import CAPSTONE, DayNumberError, Project, UnitKey, parse_unit
 from .readme import update_readme
 from .render import choose_engine, render_site
 from .stage import StagedPost, stage_post, sync_staged
 
-__all__ = ["DayPlan", "PublishOptions", "PublishSummary", "live_status", "plan", "publish"]
+__all__ = ["UnitPlan", "PublishOptions", "PublishSummary", "live_status", "plan", "publish"]
 
 
 NO_CACHE = "no cached gate result"
@@ -43,7 +44,7 @@ NO_CACHE = "no cached gate result"
 @dataclass
 class PublishOptions:
     all: bool = False                  # gate every started day, changed or not
-    only: list[int] | None = None      # gate only these days (others that changed become stale)
+    only: list[UnitKey] | None = None  # gate only these units (others that changed become stale)
     engine: str = "auto"               # auto | quarto | pandoc
     render: bool = True
     jobs: int = max(1, (os.cpu_count() or 1) // 2)
@@ -51,8 +52,8 @@ class PublishOptions:
 
 
 @dataclass
-class DayPlan:
-    day: int
+class UnitPlan:
+    unit: UnitKey                      # a day number, or "capstone"
     exists: bool
     fingerprint: str | None
     reason: str | None                 # why it needs a gate; None if it does not
@@ -61,7 +62,7 @@ class DayPlan:
 @dataclass
 class PublishSummary:
     gated: list[GateResult] = field(default_factory=list)
-    published: list[int] = field(default_factory=list)
+    published: list[UnitKey] = field(default_factory=list)
     ledger_written: bool = False
     readme_written: bool = False
     staged_changed: bool = False
@@ -70,15 +71,16 @@ class PublishSummary:
     seconds: float = 0.0
 
 
-def plan(project: Project, ledger: Ledger, *, gate_all: bool = False) -> list[DayPlan]:
-    """Decide, for every day, whether it must be gated and why."""
+def plan(project: Project, ledger: Ledger, *, gate_all: bool = False) -> list[UnitPlan]:
+    """Decide, for every unit (each day, then the capstone), whether it must be gated and why."""
     plans = []
-    for entry in ledger:
-        if not project.day_exists(entry.day):
-            plans.append(DayPlan(entry.day, False, None, None))
+    for entry in ledger.units():
+        key = entry.key
+        if not project.unit_exists(key):
+            plans.append(UnitPlan(key, False, None, None))
             continue
-        fp = day_fingerprint(project, entry.day)
-        cached = load_cached(project, entry.day)
+        fp = unit_fingerprint(project, key)
+        cached = load_cached(project, key)
         if gate_all:
             reason = "--all"
         elif entry.status == "not-started" or entry.fingerprint is None:
@@ -91,11 +93,11 @@ def plan(project: Project, ledger: Ledger, *, gate_all: bool = False) -> list[Da
             reason = "stale"
         else:
             reason = None
-        plans.append(DayPlan(entry.day, True, fp, reason))
+        plans.append(UnitPlan(key, True, fp, reason))
     return plans
 
 
-def _apply(entry: DayEntry, result: GateResult) -> None:
+def _apply(entry: Entry, result: GateResult) -> None:
     entry.status = "passed" if result.passed else "failing"
     entry.tests_passed, entry.tests_failed, entry.tests_skipped = result.n_passed, result.n_failed, result.n_skipped
     entry.gate_seconds = result.wall_seconds
@@ -106,18 +108,18 @@ def _apply(entry: DayEntry, result: GateResult) -> None:
         entry.first_passed = checked.astimezone().date()
 
 
-def _reset(entry: DayEntry) -> None:
-    """A day whose folder is gone is not started (the date it first passed stays on record)."""
+def _reset(entry: Entry) -> None:
+    """A unit whose folder is gone is not started (the date it first passed stays on record)."""
     entry.status = "not-started"
     entry.tests_passed = entry.tests_failed = entry.tests_skipped = 0
     entry.gate_seconds = entry.fingerprint = entry.last_check = None
 
 
-def live_status(entry: DayEntry, day_plan: DayPlan) -> str:
+def live_status(entry: Entry, unit_plan: UnitPlan) -> str:
     """The status the ledger would hold now, without gating: a changed passed day is stale."""
-    if not day_plan.exists:
+    if not unit_plan.exists:
         return "not-started"
-    if entry.status == "passed" and day_plan.fingerprint != entry.fingerprint:
+    if entry.status == "passed" and unit_plan.fingerprint != entry.fingerprint:
         return "stale"
     return entry.status
 
@@ -126,7 +128,7 @@ class Reporter:
     """Progress callbacks; the default prints nothing (tasks.py supplies a rich one)."""
 
     def step(self, message: str) -> None: ...
-    def gates_started(self, days: list[tuple[int, str]]) -> None: ...
+    def gates_started(self, units: list[tuple[UnitKey, str]]) -> None: ...
     def gate_finished(self, result: GateResult) -> None: ...
 
 
@@ -140,10 +142,10 @@ def publish(project: Project, options: PublishOptions | None = None, reporter: R
     ledger = ledger_io.load(project.ledger_path)          # a broken ledger stops everything here
     plans = plan(project, ledger, gate_all=options.all)
     only = set(options.only) if options.only else None
-    # A passed day without a cached result is always re-gated: its post needs the Verified box.
-    todo = [p for p in plans if p.reason and (only is None or p.day in only or p.reason == NO_CACHE)]
+    # A passed unit without a cached result is always re-gated: its post needs the Verified box.
+    todo = [p for p in plans if p.reason and (only is None or p.unit in only or p.reason == NO_CACHE)]
     for p in plans:
-        entry = ledger[p.day]
+        entry = ledger.entry(p.unit)
         if not p.exists:
             if entry.status != "not-started":
                 _reset(entry)
@@ -151,31 +153,33 @@ def publish(project: Project, options: PublishOptions | None = None, reporter: R
             entry.status = "stale"
 
     # 2. gate
-    reporter.gates_started([(p.day, p.reason) for p in todo])
+    reporter.gates_started([(p.unit, p.reason) for p in todo])
     if todo:
         with ThreadPoolExecutor(max_workers=max(1, options.jobs)) as pool:
-            futures = {pool.submit(gate, project, p.day, p.fingerprint, timeout=options.timeout): p for p in todo}
+            futures = {pool.submit(gate, project, p.unit, p.fingerprint, timeout=options.timeout): p for p in todo}
             for future in as_completed(futures):
                 result = future.result()
                 save_cached(project, result)
-                _apply(ledger[result.day], result)
+                _apply(ledger.entry(result.unit), result)
                 summary.gated.append(result)
                 reporter.gate_finished(result)
-    summary.gated.sort(key=lambda r: r.day)
+    summary.gated.sort(key=_order)
 
     # 3. ledger
     summary.ledger_written = ledger_io.save(ledger, project.ledger_path)
 
     # 4. stage (in memory first), README, then sync site/posts
     reporter.step("staging posts")
-    current = {p.day: p.fingerprint for p in plans}
+    current = {p.unit: p.fingerprint for p in plans}
     staged: list[StagedPost] = []
-    for entry in ledger.with_status("passed"):
-        cached = load_cached(project, entry.day)
-        if cached is None or cached.fingerprint != entry.fingerprint or current.get(entry.day) != entry.fingerprint:
+    for entry in ledger.units():
+        if entry.status != "passed":
+            continue
+        cached = load_cached(project, entry.key)
+        if cached is None or cached.fingerprint != entry.fingerprint or current.get(entry.key) != entry.fingerprint:
             continue  # never publish what was not gated on the files as they are now
         staged.append(stage_post(project, entry, cached, entry.first_passed or date.today()))
-    summary.published = [p.day for p in staged]
+    summary.published = [p.unit for p in staged]
     summary.readme_written = update_readme(project, ledger, n_posts=len(staged))
     summary.staged_changed = sync_staged(project, staged)
 
@@ -189,16 +193,28 @@ def publish(project: Project, options: PublishOptions | None = None, reporter: R
     return summary
 
 
-def days_arg(text: str | None) -> list[int] | None:
-    """'1,2,5-7' -> [1, 2, 5, 6, 7] (each checked to be a day number)."""
+def _order(result: GateResult) -> tuple:
+    """Days in order, then the capstone."""
+    return (result.unit == CAPSTONE, result.unit if result.unit != CAPSTONE else 0)
+
+
+def days_arg(text: str | None) -> list[UnitKey] | None:
+    """'1,2,5-7,capstone' -> [1, 2, 5, 6, 7, 'capstone'] (each checked to be a day number)."""
     if not text:
         return None
-    days: list[int] = []
+    units: list[UnitKey] = []
     for part in str(text).split(","):
         if "-" in part.strip()[1:]:
             lo, hi = part.split("-", 1)
-            days.extend(range(parse_day(lo), parse_day(hi) + 1))
+            units.extend(range(parse_unit_day(lo), parse_unit_day(hi) + 1))
         else:
-            days.append(parse_day(part))
-    return sorted(set(days))
+            units.append(parse_unit(part))
+    days = sorted({u for u in units if u != CAPSTONE})
+    return days + ([CAPSTONE] if CAPSTONE in units else [])
 
+
+def parse_unit_day(value: str) -> int:
+    key = parse_unit(value)
+    if key == CAPSTONE:
+        raise DayNumberError("a range of days cannot include the capstone")
+    return key

@@ -16,7 +16,7 @@ from pathlib import Path
 import jinja2
 
 from .ledger import Ledger
-from .project import Project, day_dir_name
+from .project import CAPSTONE, Project, day_dir_name
 
 __all__ = ["Badge", "ReadmeError", "SECTIONS", "badges", "render_sections", "replace_sections", "update_readme"]
 
@@ -60,7 +60,7 @@ def current_module(ledger: Ledger) -> tuple[int, str]:
 
 def badges(ledger: Ledger, n_posts: int) -> list[Badge]:
     passed = ledger.with_status("passed")
-    gated = ledger.with_status("passed", "failing", "stale")
+    gated = [e for e in ledger.units() if e.status in ("passed", "failing", "stale")]  # the capstone's tests count too
     n_tests = sum(e.tests_passed for e in gated)
     n_red = sum(e.tests_failed for e in gated)
     module, name = current_module(ledger)
@@ -112,7 +112,14 @@ def _context(project: Project, ledger: Ledger, n_posts: int) -> dict:
             "groups": groups, "passed": passed, "total": len(block), "bar": _bar(passed, len(block)),
             "status": "Complete" if passed == len(block) else "In progress" if started else "Not started",
         })
-    return {"modules": modules, "badges": badges(ledger, n_posts)}
+    cap = ledger.capstone
+    started = cap.status != "not-started" and project.unit_exists(CAPSTONE)
+    capstone = {"title": cap.title, "status": cap.status, "status_text": STATUS_TEXT[cap.status],
+                "tests_text": (f"{cap.tests_passed}" + (f" / {cap.tests_failed} failed" if cap.tests_failed else "")
+                               if cap.status != "not-started" else ""),
+                "folder": "capstone/" if started else None,
+                "report": "capstone/report.qmd" if started and project.post_path(CAPSTONE).exists() else None}
+    return {"modules": modules, "capstone": capstone, "badges": badges(ledger, n_posts)}
 
 
 def render_sections(project: Project, ledger: Ledger, n_posts: int) -> dict[str, str]:

@@ -1,4 +1,5 @@
-"""Staging: turn each passing day's ``post.qmd`` into a blog post under ``site/posts/``.
+"""Staging: turn each passing unit's post (a day's ``post.qmd``, the capstone's ``report.qmd``)
+into a blog post under ``site/posts/``.
 
 A post cites numbers instead of typing them, through placeholders in Quarto's shortcode style
 that staging resolves (so both engines, Quarto and pandoc, see plain markdown):
@@ -25,8 +26,8 @@ from pathlib import Path
 import yaml
 
 from .gate import GateResult
-from .ledger import DayEntry
-from .project import Project, day_dir_name, slugify
+from .ledger import DayEntry, Entry
+from .project import CAPSTONE, Project, slugify, unit_label
 
 __all__ = ["StageError", "StagedPost", "format_number", "post_slug", "read_post", "stage_post", "sync_staged"]
 
@@ -41,14 +42,16 @@ class StageError(ValueError):
 
 @dataclass
 class StagedPost:
-    day: int
+    unit: object                # a day number, or "capstone"
     slug: str
     title: str
     files: dict[str, bytes] = field(default_factory=dict)  # relative to site/posts/<slug>/
 
 
-def post_slug(entry: DayEntry) -> str:
-    return f"day-{day_dir_name(entry.day)}-{slugify(entry.topic)}"
+def post_slug(entry: Entry) -> str:
+    if entry.key == CAPSTONE:
+        return f"capstone-{slugify(entry.title)}"
+    return f"day-{entry.day:03d}-{slugify(entry.topic)}"
 
 
 def read_post(path: Path) -> tuple[dict, str]:
@@ -138,7 +141,7 @@ def escape_markdown(text: str) -> str:
     return _MARKDOWN_SPECIAL.sub(r"\\\1", " ".join(text.split()))
 
 
-def verified_box(entry: DayEntry, gate: GateResult) -> str:
+def verified_box(project: Project, entry: Entry, gate: GateResult) -> str:
     """The generated callout listing what the gate ran and the numbers it measured."""
     rows: dict[str, dict] = {}
     for test in gate.tests:
@@ -159,7 +162,7 @@ def verified_box(entry: DayEntry, gate: GateResult) -> str:
     lines = [
         '::: {.callout-tip .verified title="Verified"}',
         f"**{gate.n_passed} tests passed**{skipped} in {gate.wall_seconds:.1f} s "
-        f"(`pytest days/{day_dir_name(entry.day)}`, gated {checked}, "
+        f"(`pytest {project.unit_rel(entry.key)}`, gated {checked}, "
         f"fingerprint `{gate.fingerprint.split(':')[-1][:12]}`).",
         "",
         "| Test | What it checks | Measured |",
@@ -172,24 +175,26 @@ def verified_box(entry: DayEntry, gate: GateResult) -> str:
     return "\n".join(lines) + "\n"
 
 
-def stage_post(project: Project, entry: DayEntry, gate: GateResult, first_passed: date) -> StagedPost:
+def stage_post(project: Project, entry: Entry, gate: GateResult, first_passed: date) -> StagedPost:
     """Build one staged post in memory (nothing is written here)."""
-    day_dir = project.day_dir(entry.day)
-    post_path = day_dir / "post.qmd"
-    where = f"days/{day_dir_name(entry.day)}/post.qmd"
+    unit_dir = project.unit_dir(entry.key)
+    post_path = project.post_path(entry.key)
+    where = post_path.relative_to(project.root).as_posix()
     if not post_path.exists():
-        raise StageError(f"{where}: missing (a passing day needs its post)")
+        raise StageError(f"{where}: missing (a passing {unit_label(entry.key).split()[0]} needs its post)")
     front, body = read_post(post_path)
     absent = [k for k in REQUIRED_FRONT_MATTER if not front.get(k)]
     if absent:
         raise StageError(f"{where}: front matter lacks {', '.join(absent)}")
     if not isinstance(front["categories"], list):
         raise StageError(f"{where}: 'categories' must be a list")
+    # Code may be quoted from any day or from the capstone, never from outside them.
+    code_roots = [project.days_dir.resolve(), project.capstone_dir.resolve()]
 
-    results_path = day_dir / "results.json"
+    results_path = unit_dir / "results.json"
     results = json.loads(results_path.read_text(encoding="utf-8")) if results_path.exists() else None
     measured = gate.measurements()
-    box = verified_box(entry, gate)
+    box = verified_box(project, entry, gate)
     used_box = False
 
     def substitute(match: re.Match) -> str:
@@ -205,7 +210,7 @@ def stage_post(project: Project, entry: DayEntry, gate: GateResult, first_passed
                 raise KeyError(f"missing argument (e.g. {{{{< {kind} name >}}}})")
             if kind == "result":
                 if results is None:
-                    raise KeyError("the day has no results.json (run its experiment)")
+                    raise KeyError(f"{project.unit_rel(entry.key)} has no results.json (run its experiment)")
                 return format_number(_lookup(results, positional[0], "results.json"), options.get("fmt"))
             if kind == "measured":
                 if positional[0] not in measured:
@@ -213,9 +218,9 @@ def stage_post(project: Project, entry: DayEntry, gate: GateResult, first_passed
                                    f"(measured: {', '.join(sorted(measured)) or 'nothing'})")
                 return format_number(measured[positional[0]]["value"], options.get("fmt"))
             if kind == "code":
-                target = (day_dir / positional[0]).resolve()
-                if project.days_dir.resolve() not in target.parents or not target.is_file():
-                    raise KeyError(f"no file {positional[0]!r} under days/")
+                target = (unit_dir / positional[0]).resolve()
+                if not any(root in target.parents for root in code_roots) or not target.is_file():
+                    raise KeyError(f"no file {positional[0]!r} under days/ or capstone/")
                 symbol = positional[1] if len(positional) > 1 else None
                 return "```python\n" + extract_source(target, symbol) + "```"
             raise KeyError(f"unknown placeholder kind {kind!r} (use result, measured, code or verified)")
@@ -234,20 +239,24 @@ def stage_post(project: Project, entry: DayEntry, gate: GateResult, first_passed
     for ref in _IMAGE.findall(body):
         if re.match(r"^[a-z]+://", ref):
             continue
-        source = (day_dir / ref).resolve()
-        if day_dir.resolve() not in source.parents or not source.is_file():
-            raise StageError(f"{where}: figure {ref!r} not found in the day's folder")
+        source = (unit_dir / ref).resolve()
+        if unit_dir.resolve() not in source.parents or not source.is_file():
+            raise StageError(f"{where}: figure {ref!r} not found in {project.unit_rel(entry.key)}/")
         files[Path(ref).as_posix()] = source.read_bytes()
 
     meta = dict(front)
     meta["date"] = first_passed.isoformat()
-    meta["day"] = entry.day
-    meta.setdefault("arena", entry.arena)
-    meta.setdefault("arena_url", entry.arena_url)
-    meta["categories"] = list(dict.fromkeys([*front["categories"], entry.module_name]))
+    if isinstance(entry, DayEntry):
+        meta["day"] = entry.day
+        meta.setdefault("arena", entry.arena)
+        meta.setdefault("arena_url", entry.arena_url)
+        extra = entry.module_name
+    else:
+        extra = "Capstone"
+    meta["categories"] = list(dict.fromkeys([*front["categories"], extra]))
     header = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1000)
     files["index.qmd"] = f"---\n{header}---\n{body}".encode("utf-8")
-    return StagedPost(entry.day, post_slug(entry), str(front["title"]), files)
+    return StagedPost(entry.key, post_slug(entry), str(front["title"]), files)
 
 
 def sync_staged(project: Project, posts: list[StagedPost]) -> bool:

@@ -27,7 +27,7 @@ IGNORE = shutil.ignore_patterns("__pycache__", "_site", "_site.*", ".quarto", "d
 def fresh_ledger_text() -> str:
     """The committed ledger with every measured field reset: the plan, nothing done."""
     ledger = ledger_io.load(REPO / "progress.yml")
-    for entry in ledger:
+    for entry in ledger.units():
         entry.status, entry.first_passed, entry.last_check = "not-started", None, None
         entry.tests_passed = entry.tests_failed = entry.tests_skipped = 0
         entry.gate_seconds = entry.fingerprint = None
@@ -112,6 +112,36 @@ class ToyProject:
             ---
 
             ''') + body)
+        return folder
+
+    def write_capstone(self, *, failing: bool = False) -> Path:
+        """A toy capstone: one test file, a report citing a measured number, a result and a figure."""
+        folder = self.root / "capstone"
+        (folder / "figures").mkdir(parents=True, exist_ok=True)
+        (folder / "__init__.py").write_text('"""Toy capstone."""\n')
+        (folder / "test_gauntlet.py").write_text(textwrap.dedent(f'''\
+            def test_rank_nullity(measure):
+                """50257 - 768 is the null-space dimension."""
+                measure("nullity", 50257 - 768, "= 49489")
+                assert 50257 - 768 == {49490 if failing else 49489}
+            '''))
+        (folder / "results.json").write_text('{"part1a": {"energy": 0.4321}}')
+        Image.new("RGB", (40, 30), (200, 90, 60)).save(folder / "figures" / "svd.png")
+        (folder / "report.qmd").write_text(textwrap.dedent('''\
+            ---
+            title: "The Gauntlet"
+            description: "A toy capstone report."
+            categories: [proofs]
+            ---
+
+            ## Part 1
+
+            The null space has dimension {{< measured nullity >}}; energy {{< result part1a.energy fmt=.2f >}}.
+
+            ![Singular values.](figures/svd.png){#fig-svd}
+
+            {{< verified >}}
+            '''))
         return folder
 
     def snapshot(self) -> dict[str, tuple[bytes, int]]:

@@ -1,6 +1,6 @@
 """Fingerprints change exactly when something a day's gate depends on changes."""
 
-from pipeline.fingerprint import day_dependencies, day_fingerprint
+from pipeline.fingerprint import day_dependencies, unit_fingerprint
 
 
 def test_fingerprint_tracks_what_the_gate_depends_on(toy):
@@ -10,20 +10,20 @@ def test_fingerprint_tracks_what_the_gate_depends_on(toy):
     toy.write_day(4)
     impl = toy.day_dir(3) / "toy.py"
     impl.write_text(impl.read_text() + '\nimport importlib\nprev = importlib.import_module("days.002.toy")\n')
-    base = day_fingerprint(toy.project, 3)
+    base = unit_fingerprint(toy.project, 3)
     assert day_dependencies(toy.project, 3) == [2]
 
     def changed(path, text="\n# edit\n"):
-        before = day_fingerprint(toy.project, 3)
+        before = unit_fingerprint(toy.project, 3)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a") as handle:
             handle.write(text)
-        return day_fingerprint(toy.project, 3) != before
+        return unit_fingerprint(toy.project, 3) != before
 
     assert not changed(toy.day_dir(3) / "__pycache__" / "toy.cpython-311.pyc")
     assert not changed(toy.root / "checks" / "tests" / "test_new.py")
     assert not changed(toy.day_dir(4) / "toy.py")                     # an unrelated day
-    assert day_fingerprint(toy.project, 3) == base
+    assert unit_fingerprint(toy.project, 3) == base
     assert changed(toy.day_dir(3) / "post.qmd")                      # the day itself
     assert changed(toy.day_dir(3) / "figures" / "new.png")
     assert changed(toy.day_dir(2) / "toy.py")                        # a day it imports
@@ -31,4 +31,4 @@ def test_fingerprint_tracks_what_the_gate_depends_on(toy):
     assert changed(toy.root / "conftest.py")
     pyproject = toy.root / "pyproject.toml"
     pyproject.write_text(pyproject.read_text().replace('"rich==15.0.0"', '"rich==15.0.1"'))
-    assert day_fingerprint(toy.project, 3) != base
+    assert unit_fingerprint(toy.project, 3) != base

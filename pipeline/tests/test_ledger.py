@@ -35,6 +35,21 @@ def test_round_trip_keeps_every_field(ledger_file):
     assert L.dumps(again) == ledger_file.read_text()
 
 
+def test_capstone_round_trips_and_defaults_to_not_started(ledger_file):
+    """The capstone's measured fields survive a round trip; a ledger written before the capstone
+    existed (no 'capstone' key) reads as capstone not-started."""
+    ledger = L.load(ledger_file)
+    cap = ledger.capstone
+    cap.status, cap.first_passed, cap.tests_passed = "passed", date(2026, 11, 21), 40
+    cap.last_check, cap.gate_seconds, cap.fingerprint = datetime(2026, 11, 21, 9, tzinfo=timezone.utc), 31.5, "sha256:f"
+    L.save(ledger, ledger_file)
+    assert L.load(ledger_file).capstone == cap
+    old = yaml.safe_load(ledger_file.read_text())
+    del old["capstone"]
+    ledger_file.write_text(yaml.safe_dump(old, sort_keys=False))
+    assert L.load(ledger_file).capstone.status == "not-started"
+
+
 def test_save_is_atomic_and_skips_identical_content(ledger_file, monkeypatch):
     """An unchanged ledger is not rewritten; a write that dies before the rename leaves the old file and no debris."""
     ledger = L.load(ledger_file)
@@ -79,6 +94,14 @@ BROKEN = {
                          "'day' must be an integer from 1 to 100, got 101"),
     "passed without evidence": (lambda t: _mutate(t, lambda d: d["days"][4].update(status="passed")),
                                 "day 5: status 'passed' needs first_passed, a fingerprint"),
+    "capstone bad status": (lambda t: _mutate(t, lambda d: d["capstone"].update(status="done")),
+                            "capstone: 'status' is 'done'"),
+    "capstone typo": (lambda t: _mutate(t, lambda d: d["capstone"].update(titel="x")),
+                      "capstone: unknown field\\(s\\) 'titel'"),
+    "capstone not a mapping": (lambda t: _mutate(t, lambda d: d.update(capstone=[1, 2])),
+                               "capstone: expected a mapping"),
+    "unknown top-level key": (lambda t: _mutate(t, lambda d: d.update(capstones={})),
+                              "unknown top-level key\\(s\\) 'capstones'"),
     "module out of range": (lambda t: _mutate(t, lambda d: d["days"][0].update(module=7)),
                             "day 1: 'module' must be an integer from 0 to 4"),
 }

@@ -8,7 +8,8 @@ from datetime import date
 import pytest
 
 from pipeline.ledger import LedgerError
-from pipeline.publish import PublishOptions, plan, publish
+from pipeline.project import DayNumberError
+from pipeline.publish import PublishOptions, days_arg, plan, publish
 from pipeline.readme import ReadmeError
 from pipeline.render import RenderError
 from pipeline.stage import StageError
@@ -33,7 +34,7 @@ def test_publish_from_scratch_gates_records_stages_and_renders(toy):
     toy.write_day(1)
     toy.write_day(2)
     summary = publish(toy.project, PANDOC)
-    assert [r.day for r in summary.gated] == [1, 2] and all(r.passed for r in summary.gated)
+    assert [r.unit for r in summary.gated] == [1, 2] and all(r.passed for r in summary.gated)
     ledger = toy.ledger()
     for day in (1, 2):
         e = ledger[day]
@@ -72,7 +73,7 @@ def test_a_broken_day_disappears_from_the_site_and_the_badges_then_returns(toy):
 
     toy.write_day(2, failing=True)
     summary = publish(toy.project, PANDOC)
-    assert [(r.day, r.passed) for r in summary.gated] == [(2, False)]
+    assert [(r.unit, r.passed) for r in summary.gated] == [(2, False)]
     e = toy.ledger()[2]
     assert (e.status, e.tests_passed, e.tests_failed) == ("failing", 1, 1)
     assert "test_add" in summary.gated[0].failure_summary()
@@ -116,7 +117,7 @@ def test_gate_all_regates_unchanged_days(toy):
     toy.write_day(1)
     publish(toy.project, PANDOC)
     summary = publish(toy.project, PublishOptions(engine="pandoc", all=True))
-    assert [r.day for r in summary.gated] == [1]
+    assert [r.unit for r in summary.gated] == [1]
 
 
 def test_slow_tests_are_left_out_of_the_gate(toy):
@@ -199,5 +200,41 @@ def test_plan_explains_why_each_day_is_gated(toy):
     (toy.day_dir(2) / "post.qmd").write_text((toy.day_dir(2) / "post.qmd").read_text() + "\nMore.\n")
     (toy.root / ".gate/001.json").unlink()
     toy.write_day(3)
-    reasons = {p.day: p.reason for p in plan(toy.project, toy.ledger()) if p.exists}
+    reasons = {p.unit: p.reason for p in plan(toy.project, toy.ledger()) if p.exists}
     assert reasons == {1: "no cached gate result", 2: "files changed", 3: "never gated"}
+
+
+def test_the_capstone_is_a_unit_gated_recorded_and_published_like_a_day(toy):
+    """capstone/ is gated with the days, recorded in the ledger's capstone entry, shown in the
+    README tracker and log, and its report is published only while its tests pass."""
+    toy.write_day(1)
+    toy.write_capstone()
+    summary = publish(toy.project, PANDOC)
+    assert [r.unit for r in summary.gated] == [1, "capstone"] and all(r.passed for r in summary.gated)
+    cap = toy.ledger().capstone
+    assert (cap.status, cap.tests_passed, cap.tests_failed) == ("passed", 1, 0) and cap.fingerprint
+    readme = (toy.root / "README.md").read_text()
+    assert re.search(r"\| Capstone \|.*passed \| Complete \|", readme), "the tracker shows the capstone's status"
+    assert re.search(r"\| Parts 1–5 \| .*passed \| 1 \| \[capstone/\]", readme), "the log links the folder"
+    assert badge(toy, "Days Complete") == "1/100" and badge(toy, "Tests") == "3 passed"
+    staged = next((toy.root / "site/posts").glob("capstone-*/index.qmd")).read_text()
+    assert "dimension 49,489; energy 0.43." in staged and "Capstone" in staged
+    assert set(listed_posts(toy)) == {"The Gauntlet", "Toy day 1"}
+
+    toy.write_capstone(failing=True)
+    summary = publish(toy.project, PANDOC)
+    assert [r.unit for r in summary.gated] == ["capstone"] and not summary.gated[0].passed
+    assert toy.ledger().capstone.status == "failing"
+    assert listed_posts(toy) == ["Toy day 1"]
+    assert not list((toy.root / "site/posts").glob("capstone-*"))
+
+
+def test_publish_days_flag_accepts_the_capstone(toy):
+    """`--days capstone` gates the capstone alone; a bad unit name is a clear error."""
+    toy.write_day(1)
+    toy.write_capstone()
+    summary = publish(toy.project, PublishOptions(engine="pandoc", jobs=2, only=days_arg("capstone")))
+    assert [r.unit for r in summary.gated] == ["capstone"]
+    assert days_arg("2,capstone,1") == [1, 2, "capstone"] or days_arg("2,capstone,1") == [2, "capstone", 1]
+    with pytest.raises(DayNumberError, match="capstone"):
+        days_arg("capstan")

@@ -30,7 +30,7 @@ def test_blog_renders_in_chromium_with_math_figures_and_only_passing_days(toy, m
         shutil.copytree(REPO / "days" / day, toy.root / "days" / day,
                         ignore=shutil.ignore_patterns("__pycache__"))
     summary = publish(toy.project, PublishOptions(engine="pandoc"))
-    assert [(r.day, r.passed) for r in summary.gated] == [(1, True), (2, True)]
+    assert [(r.unit, r.passed) for r in summary.gated] == [(1, True), (2, True)]
     titles = {day: read_post(toy.day_dir(day) / "post.qmd")[0]["title"] for day in (1, 2)}
     index_url = (toy.root / "site/_site/index.html").as_uri()
 

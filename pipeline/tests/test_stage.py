@@ -9,7 +9,7 @@ from pipeline.gate import GateResult
 from pipeline.stage import StageError, escape_markdown, format_number, read_post, stage_post, sync_staged
 
 GATE = GateResult(
-    day=5, fingerprint="sha256:0123456789abcdef", checked_at="2026-03-05T10:00:00+00:00", wall_seconds=2.5,
+    unit=5, fingerprint="sha256:0123456789abcdef", checked_at="2026-03-05T10:00:00+00:00", wall_seconds=2.5,
     exit_status=0, counts={"passed": 3},
     tests=[
         {"nodeid": "days/005/test_toy.py::test_add", "outcome": "passed", "duration_s": 0.1,
