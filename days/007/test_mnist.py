@@ -1,0 +1,186 @@
+"""The gate of day 7: an MNIST classifier (ARENA 0.2 CNNs & ResNets, "Training loop" with
+validation, built on day 6's layers).
+
+References: the IDX format's published header layout (checked on hand-built files); the shared
+copy's md5 (an independent number from the asset's provenance); MNIST's well-known facts (the
+first labels, the per-class counts, the pixel mean 0.1307 and standard deviation 0.3081 that
+every MNIST tutorial normalises with); a torch.nn twin of the ConvNet; scikit-learn's metrics.
+The training bar is a stated floor for a short run, far above chance (10%), measured with margin.
+"""
+
+import gzip
+import hashlib
+import json
+import struct
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from sklearn.metrics import accuracy_score, confusion_matrix
+
+from checks import assert_parity
+
+from . import mnist as M
+
+HERE = Path(__file__).parent
+TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
+TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+def idx_bytes(magic: int, shape: tuple[int, ...], data: bytes) -> bytes:
+    return struct.pack(">I", magic) + struct.pack(f">{len(shape)}I", *shape) + data
+
+
+# ---------------------------------------------------------------- the loader
+
+
+def test_parse_idx_reads_a_hand_built_file():
+    """An IDX file is a big-endian magic (0x0803 images / 0x0801 labels), one uint32 per
+    dimension, then the bytes row-major: a hand-built 2×2×3 file decodes to arange(12)."""
+    raw = idx_bytes(M.IMAGE_MAGIC, (2, 2, 3), bytes(range(12)))
+    assert torch.equal(M.parse_idx(raw, M.IMAGE_MAGIC), torch.arange(12, dtype=torch.uint8).reshape(2, 2, 3))
+    labels = idx_bytes(M.LABEL_MAGIC, (4,), bytes([7, 2, 1, 0]))
+    assert M.parse_idx(labels, M.LABEL_MAGIC).tolist() == [7, 2, 1, 0]
+
+
+@pytest.mark.parametrize("raw, message", [
+    (idx_bytes(M.LABEL_MAGIC, (4,), bytes(4)), "magic number 0x00000801"),       # labels read as images
+    (idx_bytes(M.IMAGE_MAGIC, (2, 2, 3), bytes(11)), "file has 27 bytes"),         # truncated
+    (idx_bytes(M.IMAGE_MAGIC, (2, 2, 3), bytes(13)), "file has 29 bytes"),         # trailing bytes
+    (b"\x00\x00", "too short"),
+])
+def test_parse_idx_rejects_inconsistent_headers(raw, message):
+    """A wrong magic number, or a file longer or shorter than its header says, is an IDXError."""
+    with pytest.raises(M.IDXError, match=message):
+        M.parse_idx(raw, M.IMAGE_MAGIC)
+
+
+@pytest.mark.asset("mnist")
+def test_shared_train_images_are_exact(asset):
+    """The unpacked train-images file has the published md5 6bbc9ace898e44ae57da46a324031adb and
+    the size its header implies: 16 header bytes + 60 000 × 28 × 28 pixels."""
+    raw = gzip.decompress((asset("mnist") / "train-images-idx3-ubyte.gz").read_bytes())
+    assert hashlib.md5(raw).hexdigest() == "6bbc9ace898e44ae57da46a324031adb"
+    assert len(raw) == 16 + 60_000 * 28 * 28
+    assert struct.unpack(">4I", raw[:16]) == (M.IMAGE_MAGIC, 60_000, 28, 28)
+
+
+@pytest.mark.asset("mnist")
+def test_load_mnist_returns_the_documented_tensors(measure):
+    """load_mnist: float32 (N, 1, 28, 28) in [0, 1] and int64 (N,) labels; 60 000 train and 10 000
+    test examples in file order (first labels 5 0 4 1 9… and 7 2 1 0 4…), MNIST's per-class
+    counts, and the train pixel mean 0.1307 and std 0.3081 of every MNIST tutorial."""
+    images, labels = M.load_mnist("train")
+    assert images.shape == (60_000, 1, 28, 28) and images.dtype == torch.float32
+    assert labels.shape == (60_000,) and labels.dtype == torch.int64
+    assert images.min() == 0.0 and images.max() == 1.0
+    assert labels[:10].tolist() == [5, 0, 4, 1, 9, 2, 1, 3, 1, 4]
+    assert torch.bincount(labels).tolist() == TRAIN_COUNTS
+    mean, std = images.double().mean().item(), images.double().std().item()
+    measure("train_pixel_mean", mean, "0.1307 ± 5e-5")
+    assert mean == pytest.approx(0.1307, abs=5e-5) and std == pytest.approx(0.3081, abs=5e-5)
+    test_images, test_labels = M.load_mnist("test")
+    assert test_images.shape == (10_000, 1, 28, 28)
+    assert test_labels[:5].tolist() == [7, 2, 1, 0, 4]
+    assert torch.bincount(test_labels).tolist() == TEST_COUNTS
+    few, few_labels = M.load_mnist("test", limit=7)
+    assert torch.equal(few, test_images[:7]) and torch.equal(few_labels, test_labels[:7])
+    with pytest.raises(ValueError, match="unknown MNIST split"):
+        M.load_mnist("validation")
+
+
+# ---------------------------------------------------------------- the model
+
+
+def test_convnet_equals_its_torch_nn_twin():
+    """ConvNet is ARENA's architecture: it loads the state_dict of the same stack written with
+    torch.nn (strict), gives the same logits (float64, 1e-12), and has the parameter count of
+    its layer sizes: (1·9 + 1)·32 + (32·9 + 1)·64 + (3136 + 1)·128 + (128 + 1)·10 = 421 642."""
+    twin = nn.Sequential(
+        nn.Conv2d(1, 32, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(32, 64, 3, 1, 1), nn.ReLU(),
+        nn.MaxPool2d(2), nn.Flatten(), nn.Linear(3136, 128), nn.ReLU(), nn.Linear(128, 10)).double()
+    model = M.ConvNet().double()
+    model.load_state_dict(twin.state_dict(), strict=True)
+    x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert_parity(model(x), twin(x), atol=1e-12)
+    assert sum(p.numel() for p in model.parameters()) == 421_642
+    assert sum(p.numel() for p in M.ConvNet(channels=(16, 32), hidden=64).parameters()) == \
+        (9 + 1) * 16 + (16 * 9 + 1) * 32 + (32 * 49 + 1) * 64 + (64 + 1) * 10
+
+
+def test_evaluation_metrics_match_torch_and_sklearn():
+    """evaluate's loss is F.cross_entropy's mean and its accuracy sklearn's accuracy_score, across
+    uneven batches; the confusion matrix equals sklearn's; evaluation restores training mode."""
+    torch.manual_seed(1)
+    model = M.ConvNet(channels=(4, 8), hidden=16)
+    x = torch.rand(250, 1, 28, 28)
+    y = torch.randint(0, 10, (250,))
+    loss, accuracy = M.evaluate(model, x, y, batch_size=64)
+    assert model.training
+    with torch.no_grad():
+        logits = model(x)
+    assert loss == pytest.approx(F.cross_entropy(logits, y).item(), rel=1e-5)
+    predictions = M.predict(model, x, batch_size=64)
+    assert torch.equal(predictions, logits.argmax(1))
+    assert accuracy == pytest.approx(accuracy_score(y.numpy(), predictions.numpy()), abs=1e-12)
+    assert M.confusion_matrix(predictions, y).tolist() == confusion_matrix(y.numpy(), predictions.numpy(), labels=range(10)).tolist()
+
+
+def test_training_is_reproducible_from_its_seed():
+    """Two runs with the same seeds (weights and batch order) give identical loss histories."""
+    x, y = torch.rand(192, 1, 28, 28, generator=torch.Generator().manual_seed(2)), torch.arange(192) % 10
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(3)
+        model = M.ConvNet(channels=(4, 8), hidden=16)
+        runs.append(M.train(model, (x, y), (x[:32], y[:32]), M.TrainConfig(batch_size=64, eval_every=2, seed=4)))
+    assert runs[0].train_loss == runs[1].train_loss and len(runs[0].train_loss) == 3
+    assert runs[0].val_step == [2, 3]  # every eval_every steps, and at the end of the epoch
+
+
+@pytest.mark.asset("mnist")
+def test_short_run_on_a_subset_clears_the_bar(measure):
+    """Gate: the experiment's ConvNet trained for one epoch on 2 000 training images (batch 32,
+    Adam 2e-3) classifies 2 000 unseen test images with ≥ 85% accuracy (chance: 10%), its
+    training loss falls, and its validation accuracy is scored during the run."""
+    torch.manual_seed(0)
+    model = M.ConvNet(**M.EXPERIMENT_MODEL)
+    train_data, val_data = M.split_train_val(500, limit=2_500, seed=0)
+    history = M.train(model, train_data, val_data, M.TrainConfig(epochs=1, batch_size=32, lr=2e-3, eval_every=30, seed=0))
+    _, accuracy = M.evaluate(model, *M.load_mnist("test", limit=2_000))
+    measure("short_run.test_accuracy", accuracy, "≥ 0.85")
+    measure("short_run.seconds", history.seconds)
+    assert sum(history.train_loss[-10:]) < 0.5 * sum(history.train_loss[:10])
+    assert history.val_step == [30, 60, 63]
+    assert accuracy >= 0.85
+
+
+# ---------------------------------------------------------------- the experiment
+
+
+def test_results_json_is_current(measure):
+    """results.json (cited by the post) is consistent: the headline test accuracy is ≥ 98% on all
+    10 000 test images, equals the confusion matrix's trace / 10 000 with row sums equal to
+    MNIST's test class counts, and the figures exist."""
+    results = json.loads((HERE / "results.json").read_text())
+    confusion = torch.tensor(results["confusion"])
+    assert confusion.sum(1).tolist() == TEST_COUNTS
+    assert results["test_accuracy"] == pytest.approx(confusion.trace().item() / 10_000, abs=1e-12)
+    assert results["n_train"] + results["n_val"] == 60_000 and results["n_test"] == 10_000
+    assert results["model"] == {"channels": list(M.EXPERIMENT_MODEL["channels"]), "hidden": M.EXPERIMENT_MODEL["hidden"]}
+    assert results["test_accuracy"] >= 0.98
+    for name in ("learning_curve", "mistakes"):
+        assert (HERE / f"figures/{name}.png").stat().st_size > 10_000
+    measure("experiment.test_accuracy", results["test_accuracy"], "≥ 0.98")
+
+
+@pytest.mark.slow
+@pytest.mark.asset("mnist")
+def test_experiment_reaches_98_percent(tmp_path, measure):
+    """Slow: the full experiment (one epoch on 55 000 images, one thread, seed 0) reaches ≥ 98% test accuracy."""
+    results = M.run_experiment(tmp_path)
+    measure("slow.test_accuracy", results["test_accuracy"], "≥ 0.98")
+    measure("slow.train_seconds", results["train_seconds"])
+    assert results["test_accuracy"] >= 0.98
