@@ -1,0 +1,1 @@
+"""Day 22: PPO Implementation (2.3 PPO)."""

@@ -1,0 +1,1 @@
+"""Day 23: PPO Debugging & Analysis (2.3 PPO)."""

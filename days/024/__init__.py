@@ -1,0 +1,1 @@
+"""Day 24: RLHF Theory + Reward Model (2.4 RLHF)."""
