@@ -1,0 +1,1 @@
+"""Day 26: RLHF — Interpretability Lens (2.4 RLHF)."""

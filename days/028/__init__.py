@@ -1,0 +1,1 @@
+"""Day 28: Specification Gaming (independent study)."""

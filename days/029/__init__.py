@@ -1,0 +1,1 @@
+"""Day 29: Module 2 Review (independent study)."""

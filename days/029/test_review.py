@@ -1,0 +1,113 @@
+"""The gate of day 29: the module-2 review, its tables generated from the ledger, the gate reports and
+the days' results.json.
+
+Spec: a post summarising module 2 (days 15–28) with a table of every verified result, generated from
+the sources and not typed by hand; the test checks that the table agrees with the sources.
+References: the YAML of progress.yml read directly; gate reports written by the pipeline's own
+``save_cached``; the days' results.json files; the pipeline's ``format_number`` (how posts print
+numbers).
+"""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.gate import GateResult, save_cached
+from pipeline.project import Project
+from pipeline.stage import format_number
+
+from . import review as R
+
+HERE = Path(__file__).parent
+
+
+def test_numbers_print_as_the_posts_print_them():
+    """fmt formats like the pipeline's format_number, which renders every number in the posts."""
+    for value in [0, 7, 12345, 0.5, 1.23456789, 1e-7, -3.2e-5, 123456.7, 2.0, True, "passed"]:
+        assert R.fmt(value) == format_number(value)
+
+
+def test_ledger_rows_read_progress_yml():
+    """ledger_rows equals progress.yml parsed as plain YAML for every day 15–28: topic, status, tests passed and
+    failed, gate seconds, fingerprint."""
+    raw = {d["day"]: d for d in yaml.safe_load((R.ROOT / "progress.yml").read_text())["days"]}
+    for row in R.ledger_rows(R.project()):
+        d = raw[row["day"]]
+        assert (row["topic"], row["status"], row["tests_passed"], row["tests_failed"], row["fingerprint"]) == (
+            d["topic"], d.get("status", "not-started"), d.get("tests_passed", 0), d.get("tests_failed", 0), d.get("fingerprint"))
+        assert row["gate_seconds"] == d.get("gate_seconds")
+
+
+def test_gate_measurements_read_a_gate_report(tmp_path):
+    """A gate report written by the pipeline's save_cached is read back: every measurement of every passed test,
+    with its test name and bound (None when unbounded); failed tests' numbers are left out; no report gives None."""
+    proj = Project.at(tmp_path)
+    assert R.gate_measurements(proj, 27) is None
+    tests = [
+        {"nodeid": "days/027/test_x.py::test_a[p1]", "outcome": "passed", "duration_s": 0.1, "doc": "a",
+         "measured": [{"name": "err", "value": 1e-13, "bound": "≤ 1e-12"}, {"name": "seconds", "value": 2.5}], "message": None},
+        {"nodeid": "days/027/test_x.py::test_b", "outcome": "failed", "duration_s": 0.1, "doc": "b",
+         "measured": [{"name": "bad", "value": 3.0, "bound": "< 1"}], "message": "boom"},
+    ]
+    save_cached(proj, GateResult(27, "sha256:abc", "2026-01-01T00:00:00+00:00", 3.2, 1, {"passed": 1, "failed": 1}, tests))
+    got = R.gate_measurements(proj, 27)
+    assert got["fingerprint"] == "sha256:abc" and got["n_passed"] == 1
+    assert got["measured"] == [{"test": "test_a[p1]", "name": "err", "value": 1e-13, "bound": "≤ 1e-12"},
+                               {"test": "test_a[p1]", "name": "seconds", "value": 2.5, "bound": None}]
+
+
+def test_tables_are_built_from_the_data():
+    """The three tables on hand-made data: one summary line per day (claims counted from bounded measurements,
+    'none yet' without a report), one claims line per bounded measurement (unbounded ones left out, pipes
+    escaped), one headline line per chosen results.json value ('missing' when the path is absent)."""
+    days = {
+        "15": {"ledger": {"topic": "A | B", "status": "passed", "tests_passed": 25, "gate_seconds": 13.97},
+               "gate": {"checked_at": "2026-11-21T08:31:26+00:00",
+                        "measured": [{"test": "test_x", "name": "e", "value": 1e-13, "bound": "≤ 1e-12"},
+                                     {"test": "test_x", "name": "t", "value": 2.0, "bound": None}]},
+               "headlines": [{"key": "a.b", "label": "thing", "value": 0.5, "found": True}]},
+        "16": {"ledger": {"topic": "C", "status": "not-started", "tests_passed": 0, "gate_seconds": None},
+               "gate": None, "headlines": [{"key": "z", "label": "other", "value": None, "found": False}]},
+    }
+    summary = R.summary_table(days).splitlines()
+    assert summary[2] == "| 15 | A \\| B | passed | 25 | 14.0 | 1 | 2026-11-21 |"
+    assert summary[3] == "| 16 | C | not-started | 0 | — | — | none yet |"
+    assert R.claims_table(days).splitlines()[2:] == ["| 15 | `test_x` | `e` | 1.00e-13 | ≤ 1e-12 |"]
+    assert R.headline_table(days).splitlines()[2:] == ["| 15 | thing | 0.5 | `days/015/results.json: a.b` |",
+                                                       "| 16 | other | missing | `days/016/results.json: z` |"]
+
+
+def test_review_agrees_with_the_sources(measure):
+    """The committed review is current. For every day 15–28: if the ledger still has the fingerprint the review
+    was built from, its status and test counts are the ledger's (a different fingerprint means the day changed
+    since: the review is stale, rerun `invoke experiment 29`); the gate report on disk, when it is the one the
+    review read (same fingerprint and check time), has exactly the recorded measurements (absent on a fresh
+    clone, where .gate/ is not committed: nothing to compare); every headline value equals the day's
+    results.json now; and the three tables are exactly what the recorded data produce."""
+    results = json.loads((HERE / "results.json").read_text())
+    now = R.collect()
+    assert list(results["days"]) == [str(d) for d in R.DAYS]
+    compared_reports = 0
+    for day, recorded in results["days"].items():
+        led, cur = recorded["ledger"], now[day]["ledger"]
+        assert cur["fingerprint"] == led["fingerprint"], (
+            f"day {day} changed since the review was generated: run `invoke experiment 29`")
+        for key in ("status", "tests_passed", "tests_failed", "topic"):
+            assert cur[key] == led[key], f"day {day}: ledger {key} {cur[key]!r} ≠ review's {led[key]!r}"
+        if led["last_check"] == cur["last_check"]:
+            assert cur["gate_seconds"] == led["gate_seconds"]
+        gate, gate_now = recorded["gate"], now[day]["gate"]
+        if gate_now is not None and gate is not None and (gate_now["fingerprint"], gate_now["checked_at"]) == (gate["fingerprint"], gate["checked_at"]):
+            assert gate_now["measured"] == gate["measured"]
+            compared_reports += 1
+        elif gate_now is not None and gate is None:
+            pytest.fail(f"day {day} has a gate report the review has not seen: run `invoke experiment 29`")
+        assert now[day]["headlines"] == recorded["headlines"], f"day {day}: results.json changed since the review"
+    assert results["tables"] == {"summary": R.summary_table(results["days"]), "claims": R.claims_table(results["days"]),
+                                 "headlines": R.headline_table(results["days"])}
+    assert results["totals"] == R.counts(results["days"])
+    measure("review.gate_reports_compared", compared_reports)
+    measure("review.claims_in_table", results["totals"]["n_claims"])
+    assert (HERE / "figures/module2_tests.png").stat().st_size > 10_000
