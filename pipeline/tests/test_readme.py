@@ -87,7 +87,7 @@ def test_committed_readme_is_in_sync_with_the_committed_ledger():
     """README.md's generated sections are exactly what progress.yml renders (run `invoke publish` to refresh)."""
     project = Project.at(REPO)
     ledger = ledger_io.load(project.ledger_path)
-    n_posts = sum(1 for e in ledger.with_status("passed") if (project.day_dir(e.day) / "post.qmd").exists())
+    n_posts = sum(1 for e in ledger.units() if e.status == "passed" and project.post_path(e.key).exists())
     readme = project.readme_path.read_text()
     assert replace_sections(readme, render_sections(project, ledger, n_posts)) == readme, (
         "README.md is out of date with progress.yml: run `invoke publish`")
