@@ -1,0 +1,1 @@
+"""Day 39: MLP Neuron Analysis (1.2 Intro to Mech Interp)."""
