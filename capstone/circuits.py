@@ -33,7 +33,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .sycophancy import Encoded, evaluate, one_thread, split
+from checks.timing import single_thread
+
+from .sycophancy import Encoded, evaluate, split
 
 __all__ = ["component_attribution", "final_norm", "head_attribution", "logit_diff_metric", "patch_heads",
            "patch_resid_pre", "readout", "run", "select_pairs"]
@@ -231,7 +233,7 @@ def _plot_patching(grid: Tensor, labels: list[str], final_pos: Tensor, heads: Te
     plt.close(fig)
 
 
-@one_thread
+@single_thread()
 def run(out_dir: Path, model_name: str = "smollm2", n_attribution: int = 60, n_patch: int = 6, n_grid: int = 1,
         n_heads_pairs: int = 3) -> dict:
     """3A on ``model_name``: attribution over the ``n_attribution`` training pairs with the largest

@@ -37,7 +37,9 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from .sycophancy import binomial_tail, evaluate, one_thread
+from checks.timing import single_thread
+
+from .sycophancy import binomial_tail, evaluate
 
 __all__ = ["binary_kl", "expected_observations", "fixed_n_power", "kl_divergence", "log_odds_posterior",
            "min_sycophantic_count", "n_for_power", "next_token_distributions", "observations_if_all_sycophantic",
@@ -311,7 +313,7 @@ def _bayes_setting(prior: float, p_s: float, p_r: float, n_exact: list[int], n_s
                                                           for n in n_sim]}}
 
 
-@one_thread
+@single_thread()
 def run(out_dir: Path, model_name: str = "smollm2") -> dict:
     """1C on ``model_name``: WikiText-2 bits/token and bits/char, the KL between the two behaviours
     over every pair of the data set, and the Bayesian update with the measured rates."""

@@ -28,7 +28,9 @@ from jaxtyping import Float
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-from .sycophancy import evaluate, one_thread, split
+from checks.timing import single_thread
+
+from .sycophancy import evaluate, split
 
 __all__ = ["activation_dataset", "participation_ratio", "pca_directions", "probe_direction", "random_baseline",
            "run", "top_k_mass", "train_probe"]
@@ -131,7 +133,7 @@ def _plot(res: dict, w: np.ndarray, neuron_cos: np.ndarray, label: str, path: Pa
     plt.close(fig)
 
 
-@one_thread
+@single_thread()
 def run(out_dir: Path, model_name: str = "smollm2", layer: int | None = None, k_pcs: int = 10) -> dict:
     """3B on ``model_name`` at ``layer`` (default: the critical layer of Part 3A from the committed
     results, else recomputed by 3A's rule from the final-position patching)."""

@@ -24,7 +24,9 @@ from jaxtyping import Float
 from torch import Tensor
 
 from .information import sentence_losses, wikitext_sentences
-from .sycophancy import evaluate, one_thread, proportion, rates, score_prompts, split
+from checks.timing import single_thread
+
+from .sycophancy import evaluate, proportion, rates, score_prompts, split
 
 __all__ = ["ablation_hook", "mean_difference", "run", "steered_diffs", "subtraction_hook"]
 
@@ -108,7 +110,7 @@ def _plot(sweep: dict, before: dict, after: dict, ablation: dict, chosen: float,
     plt.close(fig)
 
 
-@one_thread
+@single_thread()
 def run(out_dir: Path, model_name: str = "smollm2", layer: int | None = None,
         alphas: tuple[float, ...] = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)) -> dict:
     """5C on ``model_name``: a sweep of α (opinion form and WikiText-2), directional ablation, and the

@@ -47,9 +47,11 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from checks.timing import single_thread
+
 __all__ = ["CATEGORIES", "DATA", "NEUTRAL_TEMPLATE", "OPINION_TEMPLATE", "DatasetError", "Encoded", "Evaluation",
            "Pair", "binomial_tail", "chat_text", "clopper_pearson_interval", "encode", "encode_pair", "evaluate",
-           "load_pairs", "make_record", "mcnemar_exact_p", "one_thread", "proportion", "rates", "run", "score_prompts", "split",
+           "load_pairs", "make_record", "mcnemar_exact_p", "proportion", "rates", "run", "score_prompts", "split",
            "wilson_interval"]
 
 HERE = Path(__file__).resolve().parent
@@ -345,22 +347,8 @@ class Evaluation:
         return torch.tensor([where[p.id] for p in subset])
 
 
-def one_thread(fn):
-    """Run ``fn`` on one torch/BLAS thread. On the shared 2-core machines a SmolLM2 forward pass is
-    about 5× faster on one thread than on two (0.45 s vs 2.4 s per 50-token prompt, measured while
-    other jobs ran): the second thread mostly waits for a core."""
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from checks.timing import single_thread
-
-        with single_thread():
-            return fn(*args, **kwargs)
-
-    return wrapper
-
-
 @functools.lru_cache(maxsize=2)
-@one_thread
+@single_thread()  # one thread: on 2 shared cores a SmolLM2 forward is ~5x faster than on two
 def evaluate(model_name: str = "smollm2") -> Evaluation:
     """Score the whole data set on ``model_name`` (memoised per process: Parts 1C, 3 and 5 share it)."""
     from .models import load
@@ -418,7 +406,7 @@ def _plot(ev: Evaluation, summary: dict, label: str, path: Path) -> None:
     plt.close(fig)
 
 
-@one_thread
+@single_thread()  # one thread: on 2 shared cores a SmolLM2 forward is ~5x faster than on two
 def run(out_dir: Path, model_name: str = "smollm2") -> dict:
     """The data set's statistics and the sycophancy rate of ``model_name``, with its figure."""
     from .models import MODELS

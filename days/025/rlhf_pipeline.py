@@ -44,6 +44,8 @@ import torch.nn as nn
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from checks.timing import single_thread
+
 gpt2 = importlib.import_module("days.032.gpt2")
 pretrained = importlib.import_module("days.033.pretrained")
 sampling = importlib.import_module("days.034.sampling")
@@ -463,9 +465,7 @@ def run_experiment(out_dir: Path, pretrain: pretrained.TrainArgs = PRETRAIN, arg
     out_dir = Path(out_dir)
     (out_dir / "figures").mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with single_thread():  # the run is bit-reproducible only on a fixed thread count
         t0 = time.perf_counter()
         tok, reference, history = shakespeare_model(pretrain)
         pretrain_seconds = time.perf_counter() - t0
@@ -490,8 +490,6 @@ def run_experiment(out_dir: Path, pretrain: pretrained.TrainArgs = PRETRAIN, arg
             trainers[kl_coef] = trainer
         main = trainers[kl_coefs[0]]
         save_models(out_dir, reference, main.policy, tok, main.args)
-    finally:
-        torch.set_num_threads(threads)
 
     # Figures: reward and KL per phase for both runs.
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
