@@ -7,6 +7,9 @@
   ``@pytest.mark.asset("mnist")`` declares the need up front. Missing: a skip with a hint for a
   learner, a failure in CI and in gate runs (checks/requirements.py).
 - ``@pytest.mark.browser`` declares that a test drives a headless Chromium.
+- ``committed`` is the unit's ``results.json`` (what its experiment committed). A test that uses
+  it is marked ``committed`` and compares through checks/committed.py with a tolerance derived
+  from the computation; CI runs ``-m committed`` once more on the portable CPU kernels.
 - ``--gate-report PATH`` writes every test's outcome, duration, docstring and measurements as
   JSON: what ``invoke publish`` records for each day.
 """
@@ -81,6 +84,21 @@ def one_thread():
         yield
 
 
+@pytest.fixture(scope="module")
+def committed(request) -> dict:
+    """The test module's unit's ``results.json``: the numbers its experiment committed.
+
+    Compare recomputed numbers with ``checks.committed.assert_reproduces`` and a tolerance that
+    says why it holds on another CPU (see checks/committed.py)."""
+    path = Path(str(request.module.__file__)).parent / "results.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        pytest.fail(f"{path} is missing: run the unit's experiment (`invoke experiment N`)", pytrace=False)
+    except ValueError as exc:
+        pytest.fail(f"{path} is not valid JSON: {exc}", pytrace=False)
+
+
 @pytest.fixture
 def asset():
     """``asset(name) -> Path``: an offline asset, or a skip (a failure in CI and gates)."""
@@ -106,6 +124,7 @@ def pytest_configure(config):
         "slow: long experiments (training runs); left out by default, run with `pytest -m slow`",
         "asset(*names): needs these offline assets; skipped with a hint when missing, failed in CI and in gates",
         "browser: needs a headless Chromium; skipped with a hint when missing, failed in CI",
+        "committed: compares numbers committed in results.json (set automatically by the `committed` fixture)",
     ):
         config.addinivalue_line("markers", line)
     if config.getoption("--gate-report"):
@@ -114,6 +133,12 @@ def pytest_configure(config):
     if not hasattr(config, "workerinput"):  # the controller (or the only process) writes the report
         config._arena_recorder = _Recorder(config)
         config.pluginmanager.register(config._arena_recorder, "arena-recorder")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "committed" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.committed)
 
 
 def pytest_itemcollected(item):
