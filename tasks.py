@@ -13,16 +13,18 @@ from invoke import Exit, task
 from rich.console import Console
 
 from pipeline import ledger as ledger_io
-from pipeline.console import RichReporter, print_summary, status_table
+from pipeline.console import RichReporter, print_interrupted, print_summary, status_table
 from pipeline.ledger import LedgerError
-from pipeline.project import DayNumberError, Project, day_dir_name, parse_day, parse_unit, unit_label
+from pipeline.markdown import PandocMissing
+from pipeline.project import CAPSTONE, DayNumberError, Project, day_dir_name, parse_day, parse_unit, unit_label
 from pipeline.fingerprint import unit_fingerprint
 from pipeline.gate import run_gate
-from pipeline.publish import PublishOptions, days_arg, plan, publish as run_publish
+from pipeline.publish import (OptionError, PublishInterrupted, PublishLocked, PublishOptions, days_arg, jobs_arg, plan,
+                              publish as run_publish)
 from pipeline.readme import ReadmeError
 from pipeline.render import RenderError, choose_engine, render_site
 from pipeline.scaffold import DayExistsError, new_day
-from pipeline.stage import StageError, stage_post
+from pipeline.stage import StageError, post_slug, stage_post
 
 PROJECT = Project.at(Path(__file__).parent)
 console = Console()
@@ -33,7 +35,8 @@ def _clear_errors():
     """Turn the pipeline's known errors into one red line and exit status 1 (no traceback)."""
     try:
         yield
-    except (LedgerError, DayNumberError, DayExistsError, ReadmeError, StageError, RenderError, LookupError) as exc:
+    except (LedgerError, DayNumberError, DayExistsError, ReadmeError, StageError, RenderError, LookupError,
+            OptionError, PublishLocked, PandocMissing) as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False)
         raise Exit(code=1)
 
@@ -59,13 +62,17 @@ def publish(c, all=False, days=None, engine="auto", no_render=False, jobs=None):
     options = PublishOptions(all=all, engine=engine, render=not no_render)
     with _clear_errors():
         options.only = days_arg(days)
-        if jobs:
-            options.jobs = int(jobs)
-        summary = run_publish(PROJECT, options, RichReporter(console))
+        if jobs is not None:
+            options.jobs = jobs_arg(jobs)
+        options.validate()  # every option, before any gate runs
+        reporter = RichReporter(console)
+        try:
+            summary = run_publish(PROJECT, options, reporter)
+        except PublishInterrupted as stop:
+            reporter.stop()
+            print_interrupted(console, stop)
+            raise Exit(code=stop.exit_code)
         print_summary(console, ledger_io.load(PROJECT.ledger_path), summary)
-    failing = [unit_label(r.unit) for r in summary.gated if not r.passed]
-    if failing:
-        console.print(f"[yellow]not published (failing):[/] {', '.join(failing)}")
 
 
 @task(help={"all": "list all 100 days, not only the started ones"})
@@ -73,7 +80,7 @@ def status(c, all=False):
     """Show the ledger as a table (a passed day whose files changed shows as stale)."""
     with _clear_errors():
         ledger = ledger_io.load(PROJECT.ledger_path)
-        console.print(status_table(ledger, plan(PROJECT, ledger), show_all=all))
+        console.print(status_table(ledger, plan(PROJECT, ledger), show_all=all, width=console.width))
 
 
 @task(help={"day": "the day number, 1 to 100, or 'capstone'"})
@@ -81,7 +88,11 @@ def check(c, day):
     """Dry run of publishing one day (or the capstone): its gate, then its post staged in memory."""
     with _clear_errors():
         key = parse_unit(day)
-        entry = ledger_io.load(PROJECT.ledger_path).entry(key)
+        ledger = ledger_io.load(PROJECT.ledger_path)
+        entry = ledger.entry(key)
+        if not PROJECT.unit_exists(key):
+            hint = f"start it with `invoke new {key}`" if key != CAPSTONE else "the capstone needs a test file"
+            raise LookupError(f"{PROJECT.unit_rel(key)} does not exist yet: {hint}")
         result = run_gate(PROJECT, key, unit_fingerprint(PROJECT, key))
         console.print(f"{unit_label(key)} gate: {'[green]passed[/]' if result.passed else '[red]failing[/]'} "
                       f"({result.n_passed} passed, {result.n_failed} failed, {result.n_skipped} skipped) "
@@ -89,8 +100,10 @@ def check(c, day):
         if not result.passed:
             console.print(f"  {result.failure_summary(limit=10)}", highlight=False)
             raise Exit(code=1)
-        staged = stage_post(PROJECT, entry, result, entry.first_passed or date.today())
-    console.print(f"post stages cleanly: {staged.slug} ({len(staged.files) - 1} figure file(s))")
+        # Links to other posts resolve as they would now: to the units the ledger records as passed.
+        published = {e.key: post_slug(e) for e in ledger.units() if e.status == "passed"} | {key: post_slug(entry)}
+        staged = stage_post(PROJECT, entry, result, entry.first_passed or date.today(), published)
+    console.print(f"post stages cleanly: {staged.slug} ({len(staged.assets)} figure or linked file(s))")
 
 
 @task(help={"day": "the day number, 1 to 100, or 'capstone'"})
@@ -114,11 +127,15 @@ def render(c, engine="auto", force=False):
     console.print(f"site {'rendered with ' + eng.name if done else 'unchanged'}: site/_site/index.html")
 
 
-@task(help={"syllabus": "path to a syllabus.yml (list of days with topic, module, group, arena ...)"})
-def ledger(c, syllabus):
+@task(help={"syllabus": "a syllabus.yml (list of days with topic, module, group, arena ...); "
+                        "default: templates/syllabus.yml"})
+def ledger(c, syllabus=str(PROJECT.syllabus_path.relative_to(PROJECT.root))):
     """Rebuild progress.yml's authored fields from a syllabus, keeping every measured field."""
     with _clear_errors():
         previous = ledger_io.load(PROJECT.ledger_path) if PROJECT.ledger_path.exists() else None
-        entries = yaml.safe_load(Path(syllabus).read_text(encoding="utf-8"))
+        path = Path(syllabus) if Path(syllabus).is_absolute() else PROJECT.root / syllabus
+        if not path.is_file():
+            raise LedgerError(f"{syllabus}: no such syllabus file")
+        entries = yaml.safe_load(path.read_text(encoding="utf-8"))
         changed = ledger_io.save(ledger_io.from_syllabus(entries, previous), PROJECT.ledger_path)
     console.print(f"progress.yml {'updated' if changed else 'unchanged'}")

@@ -22,8 +22,19 @@ import tempfile
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
-__all__ = ["ASSETS", "Asset", "AssetMissing", "cache_dir", "resolve", "search_roots"]
+__all__ = ["ASSETS", "Asset", "AssetMissing", "cache_dir", "resolve", "search_roots", "watch"]
+
+# Told the name of every asset resolved while it is set: the pytest plugin sets it while a test
+# runs, and fails a test that uses an asset it did not declare (checks/pytest_plugin.py).
+_watcher: Callable[[str], None] | None = None
+
+
+def watch(watcher: Callable[[str], None] | None) -> None:
+    """Call ``watcher(name)`` on every resolve() from now on (None: stop)."""
+    global _watcher
+    _watcher = watcher
 
 
 class AssetMissing(FileNotFoundError):
@@ -144,6 +155,8 @@ def resolve(name: str, *, download: bool | None = None) -> Path:
     """Return the path of asset ``name`` (a file, or a directory holding ``files``)."""
     if name not in ASSETS:
         raise KeyError(f"unknown asset {name!r}; known assets: {', '.join(sorted(ASSETS))}")
+    if _watcher is not None:
+        _watcher(name)
     asset = ASSETS[name]
     roots = search_roots()
     for root in roots:

@@ -5,7 +5,9 @@
   pytest-xdist) into the gate report, the ledger and the post's "Verified" box.
 - ``asset(name)`` returns the path of an offline asset (see checks/assets.py);
   ``@pytest.mark.asset("mnist")`` declares the need up front. Missing: a skip with a hint for a
-  learner, a failure in CI and in gate runs (checks/requirements.py).
+  learner, a failure in CI and in gate runs (checks/requirements.py). A test that resolves an
+  asset it did not declare (directly, through a fixture or a model loader) fails, even where the
+  asset is present: otherwise it would fail instead of skipping on a machine without it.
 - ``@pytest.mark.browser`` declares that a test drives a headless Chromium.
 - ``committed`` is the unit's ``results.json`` (what its experiment committed). A test that uses
   it is marked ``committed`` and compares through checks/committed.py with a tolerance derived
@@ -100,9 +102,10 @@ def committed(request) -> dict:
 
 
 @pytest.fixture
-def asset():
+def asset(request):
     """``asset(name) -> Path``: an offline asset, or a skip (a failure in CI and gates)."""
     def get(name: str) -> Path:
+        request.node.stash.setdefault(_DECLARED, set()).add(name)  # asking is declaring
         try:
             return _assets.resolve(name)
         except _assets.AssetMissing as exc:
@@ -125,6 +128,7 @@ def pytest_configure(config):
         "asset(*names): needs these offline assets; skipped with a hint when missing, failed in CI and in gates",
         "browser: needs a headless Chromium; skipped with a hint when missing, failed in CI",
         "committed: compares numbers committed in results.json (set automatically by the `committed` fixture)",
+        "asset_resolver: tests of checks/assets.py itself; the undeclared-asset guard is off",
     ):
         config.addinivalue_line("markers", line)
     if config.getoption("--gate-report"):
@@ -148,7 +152,47 @@ def pytest_itemcollected(item):
         item.user_properties.append(("doc", first))
 
 
+_DECLARED = pytest.StashKey[set]()
+
+
+def _declared(item) -> set[str]:
+    names = item.stash.setdefault(_DECLARED, set())
+    for mark in item.iter_markers("asset"):
+        names.update(mark.args)
+    return names
+
+
+def _guard_assets(item):
+    """Fail the test at the first asset it resolves without having declared it (except in the
+    resolver's own tests, marked ``asset_resolver``, which resolve fake assets in temporary roots)."""
+    def check(name: str) -> None:
+        if name not in _declared(item) and not item.get_closest_marker("asset_resolver"):
+            pytest.fail(f"{item.nodeid} uses asset {name!r} without declaring it: add "
+                        f"@pytest.mark.asset({name!r}) to the test (or `pytestmark` of its module), "
+                        f"so that it is skipped with a hint where the asset is missing", pytrace=False)
+    return check
+
+
+@pytest.hookimpl(wrapper=True)
 def pytest_runtest_setup(item):
+    _check_requirements(item)          # declared assets and the browser: skip (or fail) up front
+    _assets.watch(_guard_assets(item))
+    try:
+        return (yield)                 # fixtures run here: what they resolve must be declared too
+    finally:
+        _assets.watch(None)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    _assets.watch(_guard_assets(item))
+    try:
+        return (yield)
+    finally:
+        _assets.watch(None)
+
+
+def _check_requirements(item):
     for mark in item.iter_markers("asset"):
         for name in mark.args:
             try:

@@ -10,9 +10,9 @@ from .gate import GateResult
 from .ledger import Ledger
 from .ledger import DayEntry
 from .project import unit_label, unit_name
-from .publish import UnitPlan, PublishSummary, Reporter, live_status
+from .publish import NEW, PublishInterrupted, UnitPlan, PublishSummary, Reporter, live_status
 
-STYLE = {"passed": "green", "failing": "red", "stale": "yellow", "not-started": "dim"}
+STYLE = {"passed": "green", "failing": "red", "stale": "yellow", "not-started": "dim", NEW: "cyan"}
 
 
 class RichReporter(Reporter):
@@ -22,7 +22,7 @@ class RichReporter(Reporter):
         self.task = None
 
     def step(self, message: str) -> None:
-        self._stop()
+        self.stop()
         self.console.print(f"[bold]→[/] {message}")
 
     def gates_started(self, days: list[tuple[int, str]]) -> None:
@@ -46,29 +46,66 @@ class RichReporter(Reporter):
         else:
             self.console.print(line)
 
-    def _stop(self) -> None:
+    def stop(self) -> None:
+        """End the progress bar (before printing a summary, or when interrupted)."""
         if self.progress:
             self.progress.stop()
             self.progress = None
 
 
-def status_table(ledger: Ledger, plans: list[UnitPlan], *, show_all: bool = False) -> Table:
-    """The ledger as a table: started days and the capstone (or everything with show_all)."""
+def status_table(ledger: Ledger, plans: list[UnitPlan], *, show_all: bool = False, width: int = 120) -> Table:
+    """The ledger as a table: started days (scaffolded ones show as new) and the capstone, or
+    everything with show_all. Below 120 columns the module and first-passed columns are dropped
+    and the topic is cut with an ellipsis, so each unit stays on one line."""
+    narrow = width < 120
     table = Table(title="progress.yml", show_lines=False)
-    for column in ("Day", "Module", "Topic", "Status", "Tests", "Gate s", "First passed", "Last check"):
-        table.add_column(column, justify="right" if column in ("Day", "Tests", "Gate s") else "left")
+    columns = ["Day", "Module", "Topic", "Status", "Tests", "Gate s", "First passed", "Last check"]
+    if narrow:
+        columns = ["Day", "Topic", "Status", "Tests", "Gate s", "Last check"]
     by_unit = {p.unit: p for p in plans}
+    rows = []
     for entry in ledger.units():
         status = live_status(entry, by_unit[entry.key])
         if status == "not-started" and not show_all:
             continue
         tests = f"{entry.tests_passed}" + (f"/{entry.tests_failed}✗" if entry.tests_failed else "")
-        table.add_row(unit_name(entry.key), str(entry.module) if isinstance(entry, DayEntry) else "",
-                      entry.title, f"[{STYLE[status]}]{status}[/]",
-                      tests if status != "not-started" else "",
-                      f"{entry.gate_seconds:.1f}" if entry.gate_seconds is not None else "",
-                      str(entry.first_passed or ""), entry.last_check.strftime("%Y-%m-%d %H:%M") if entry.last_check else "")
+        gated = status not in ("not-started", NEW)
+        cells = {
+            "Day": unit_name(entry.key), "Module": str(entry.module) if isinstance(entry, DayEntry) else "",
+            "Topic": entry.title, "Status": status, "Tests": tests if gated else "",
+            "Gate s": f"{entry.gate_seconds:.1f}" if entry.gate_seconds is not None and gated else "",
+            "First passed": str(entry.first_passed or ""),
+            "Last check": (entry.last_check.strftime("%m-%d %H:%M" if narrow else "%Y-%m-%d %H:%M")
+                           if entry.last_check and gated else ""),
+        }
+        rows.append([cells[c] for c in columns])
+    fits = [max([len(column)] + [len(row[i]) for row in rows]) for i, column in enumerate(columns)]
+    # Every column but the topic keeps its full width; the topic gets what is left (each column
+    # costs its padding and one rule), cut with an ellipsis.
+    topic_at = columns.index("Topic")
+    left = width - sum(f + 3 for i, f in enumerate(fits) if i != topic_at) - 4
+    for i, column in enumerate(columns):
+        table.add_column(column, justify="right" if column in ("Day", "Tests", "Gate s") else "left",
+                         no_wrap=True, overflow="ellipsis", min_width=fits[i] if i != topic_at else None,
+                         max_width=max(8, left) if i == topic_at else None)
+    status_at = columns.index("Status")
+    for row in rows:
+        row[status_at] = f"[{STYLE[row[status_at]]}]{row[status_at]}[/]"
+        table.add_row(*row)
     return table
+
+
+def print_interrupted(console: Console, stop: PublishInterrupted) -> None:
+    """What a stopped publish kept, and what it did not do."""
+    kept = ", ".join(unit_name(u) for u in stop.kept) or "none"
+    console.print(f"[bold yellow]stopped[/] ({stop}): every gate process was ended; "
+                  f"results kept in progress.yml for: {kept}", highlight=False)
+    if stop.not_gated:
+        console.print(f"  not gated: {', '.join(unit_name(u) for u in stop.not_gated)} "
+                      f"(the next `invoke publish` gates them)", highlight=False)
+    if stop.cleaned:
+        console.print(f"  removed: {', '.join(stop.cleaned)}", highlight=False)
+    console.print("  README and blog left as they were.", highlight=False)
 
 
 def print_summary(console: Console, ledger: Ledger, summary: PublishSummary) -> None:
@@ -85,3 +122,6 @@ def print_summary(console: Console, ledger: Ledger, summary: PublishSummary) -> 
     bar_width = 40
     filled = round(bar_width * passed / 100)
     console.print(f"  [green]{'█' * filled}[/][dim]{'░' * (bar_width - filled)}[/] {passed}%")
+    if summary.failing:  # every publish names them, not only the one that gated them
+        console.print(f"[yellow]not published (failing):[/] {', '.join(unit_label(u) for u in summary.failing)}"
+                      " — `invoke check N` shows why", highlight=False)

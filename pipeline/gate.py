@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -22,9 +25,121 @@ from pathlib import Path
 
 from .project import Project, UnitKey, unit_name
 
-__all__ = ["GateResult", "load_cached", "run_gate", "save_cached"]
+__all__ = ["GateInterrupted", "GateProcesses", "GateResult", "clean_leftovers", "load_cached", "pid_alive", "run_gate",
+           "save_cached"]
 
 DEFAULT_TIMEOUT_S = 900
+TMP_PREFIX = "gate-"
+GRACE_S = 1.0          # SIGTERM first, SIGKILL after this: a stopped publish is gone within 2 s
+
+
+class GateInterrupted(RuntimeError):
+    """The publish was asked to stop (SIGINT, SIGTERM) while this gate ran or waited to run."""
+
+
+class GateProcesses:
+    """The gate processes a publish has running, so that a signal can end every one of them.
+
+    Each gate runs in its own session (process group): pytest and anything it started (xdist
+    workers, a browser) are ended together with ``killpg``. Once ``stop()`` is called no new
+    gate starts, and every running one is terminated, then killed after ``GRACE_S``.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._running: dict[int, subprocess.Popen] = {}
+        self.stopped = False
+
+    def start(self, cmd: list[str], **kwargs) -> subprocess.Popen:
+        with self._lock:
+            if self.stopped:
+                raise GateInterrupted("publish is stopping: gate not started")
+            proc = subprocess.Popen(cmd, start_new_session=True, **kwargs)
+            self._running[proc.pid] = proc
+            return proc
+
+    def finished(self, proc: subprocess.Popen) -> None:
+        with self._lock:
+            self._running.pop(proc.pid, None)
+
+    def stop(self) -> None:
+        with self._lock:
+            self.stopped = True
+            procs = list(self._running.values())
+        _end_groups([p.pid for p in procs], lambda: all(p.poll() is not None for p in procs))
+
+
+def _end_groups(pgids: list[int], done, grace: float = GRACE_S) -> None:
+    """SIGTERM each process group, then SIGKILL whatever is left after ``grace`` seconds."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pgid in pgids:
+            try:
+                os.killpg(pgid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and not done():
+            time.sleep(0.02)
+        if done():
+            return
+
+
+def _tmp_root(project: Project) -> Path:
+    return project.gate_cache_dir / "tmp"
+
+
+def pid_alive(pid: int) -> bool:
+    """The process exists and has not exited (a zombie waiting to be reaped counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
+
+
+def clean_leftovers(project: Project) -> list[str]:
+    """Remove what a killed publish left behind: its gates' temporary folders (ending any gate
+    process still running there) and half-rendered sites. Returns what was removed.
+
+    Only leftovers of dead publishes are touched: each folder carries its owner's pid."""
+    removed = []
+    root = _tmp_root(project)
+    for folder in sorted(root.glob(f"{TMP_PREFIX}*")) if root.exists() else []:
+        owner = _owner(folder.name)
+        if owner is not None and owner != os.getpid() and pid_alive(owner):
+            continue
+        pid_file = folder / "pgid"
+        if pid_file.exists():
+            try:
+                pgid = int(pid_file.read_text())
+                cmdline = Path(f"/proc/{pgid}/cmdline").read_bytes()
+            except (OSError, ValueError):
+                cmdline = b""
+            if str(folder).encode() in cmdline:  # still that gate's pytest, not a recycled pid
+                _end_groups([pgid], lambda: not pid_alive(pgid))
+        shutil.rmtree(folder, ignore_errors=True)
+        removed.append(str(folder.relative_to(project.root)))
+    for pattern in ("_site.new-*", "_site.old-*"):
+        for folder in sorted(project.site_dir.glob(pattern)):
+            owner = _owner(folder.name)
+            if owner is not None and owner != os.getpid() and pid_alive(owner):
+                continue
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(str(folder.relative_to(project.root)))
+    return removed
+
+
+def _owner(name: str) -> int | None:
+    """The publish pid in 'gate-<pid>-xyz' or '_site.new-<pid>'."""
+    tail = name.split("-", 1)[1] if "-" in name else ""
+    head = tail.split("-", 1)[0]
+    return int(head) if head.isdigit() else None
 
 
 @dataclass
@@ -85,23 +200,37 @@ class GateResult:
 
 
 def run_gate(project: Project, key: UnitKey, fingerprint: str, *, timeout: float = DEFAULT_TIMEOUT_S,
-             extra_args: tuple[str, ...] = ()) -> GateResult:
-    """Run the unit's gate in a subprocess and return its result (never raises for a red unit)."""
+             extra_args: tuple[str, ...] = (), processes: GateProcesses | None = None) -> GateResult:
+    """Run the unit's gate in a subprocess and return its result (never raises for a red unit;
+    raises GateInterrupted when ``processes`` was stopped before or while the gate ran)."""
+    processes = processes or GateProcesses()
     rel = project.unit_rel(key)
     checked_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     env = {**os.environ, "ARENA_GATE": "1", "PYTHONDONTWRITEBYTECODE": "1"}
-    with tempfile.TemporaryDirectory(prefix="gate-") as tmp:
+    _tmp_root(project).mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=_tmp_root(project)) as tmp:
         report_path = Path(tmp) / "report.json"
         cmd = [sys.executable, "-m", "pytest", rel, "-q", "-p", "no:cacheprovider",
                "--gate-report", str(report_path), *extra_args]
         start = time.perf_counter()
+        proc = processes.start(cmd, cwd=project.root, env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+        (Path(tmp) / "pgid").write_text(str(proc.pid))
         try:
-            proc = subprocess.run(cmd, cwd=project.root, env=env, capture_output=True, text=True,
-                                  timeout=timeout)
-            exit_status, output = proc.returncode, proc.stdout + proc.stderr
-        except subprocess.TimeoutExpired as exc:
+            output, _ = proc.communicate(timeout=timeout)
+            exit_status = proc.returncode
+        except subprocess.TimeoutExpired:
+            _end_groups([proc.pid], lambda: proc.poll() is not None)
+            output, _ = proc.communicate()
             exit_status = -1
-            output = f"{(exc.stdout or b'')[-4000:]!r}\ntimed out after {timeout:.0f} s"
+            output = f"{(output or '')[-4000:]}\ntimed out after {timeout:.0f} s"
+        except BaseException:  # Ctrl-C in the caller's thread: the gate's own session never saw it
+            _end_groups([proc.pid], lambda: proc.poll() is not None)
+            raise
+        finally:
+            processes.finished(proc)
+        if processes.stopped:
+            raise GateInterrupted(f"{unit_name(key)}: gate stopped")
         wall = time.perf_counter() - start
         report = json.loads(report_path.read_text()) if report_path.exists() else {}
     return GateResult(

@@ -281,8 +281,9 @@ def _ranges(days: list[int]) -> str:
 def load(path: Path) -> Ledger:
     path = Path(path)
     if not path.exists():
-        raise LedgerError(f"{path} not found: the ledger is committed with the project "
-                          f"(recreate it with `invoke ledger --syllabus PATH`)")
+        raise LedgerError(f"{path} not found: the ledger is committed with the project; restore it with "
+                          f"`git checkout -- {path.name}`, or rebuild the plan (without measurements) "
+                          f"with `invoke ledger` from templates/syllabus.yml")
     return parse(path.read_text(encoding="utf-8"), str(path))
 
 
@@ -304,6 +305,8 @@ def save(ledger: Ledger, path: Path) -> bool:
         return False
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp makes the file 0600: keep the ledger's own mode (a new one gets 0666 minus umask).
+        os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else 0o666 & ~_umask())
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
@@ -313,6 +316,12 @@ def save(ledger: Ledger, path: Path) -> bool:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return True
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def from_syllabus(entries: Iterable[dict], previous: Ledger | None = None) -> Ledger:

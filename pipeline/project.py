@@ -87,6 +87,11 @@ class Project:
         return self.root / "progress.yml"
 
     @property
+    def syllabus_path(self) -> Path:
+        """The 100-day plan the ledger's authored fields come from (`invoke ledger` reads it)."""
+        return self.templates_dir / "syllabus.yml"
+
+    @property
     def readme_path(self) -> Path:
         return self.root / "README.md"
 

@@ -25,10 +25,14 @@ from pathlib import Path
 import jinja2
 import yaml
 
+from .linkcheck import broken_links
+from .markdown import pandoc_path
 from .project import Project, slugify
 from .stage import read_post
 
-__all__ = ["PandocEngine", "QuartoEngine", "RenderError", "choose_engine", "input_stamp", "render_site"]
+__all__ = ["ENGINES", "PandocEngine", "QuartoEngine", "RenderError", "choose_engine", "input_stamp", "render_site"]
+
+ENGINES = ("auto", "quarto", "pandoc")
 
 STAMP = ".render-stamp"
 
@@ -81,11 +85,7 @@ class PandocEngine:
     name = "pandoc"
 
     def __init__(self, pandoc: str | None = None):
-        if pandoc is None:
-            import pypandoc
-
-            pandoc = pypandoc.get_pandoc_path()
-        self.pandoc = pandoc
+        self.pandoc = pandoc or pandoc_path()
 
     def version(self) -> str:
         out = subprocess.run([self.pandoc, "--version"], capture_output=True, text=True, check=True)
@@ -139,7 +139,7 @@ class PandocEngine:
             path.write_text(text, encoding="utf-8")
 
         for p in posts:
-            body = self.to_html(p.body_md, lua, f"posts/{p.slug}/index.qmd")
+            body = self.to_html(p.body_md, lua, str(p.meta.get("source") or f"posts/{p.slug}/index.qmd"))
             write(p.href, page.render(
                 **{**common, "kind": "post", "root": "../../", "title": html.escape(str(p.meta["title"])),
                    "description": html.escape(str(p.meta.get("description", ""))), "body": body,
@@ -151,11 +151,16 @@ class PandocEngine:
                     target.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy(asset, target)
 
+        # One category per slug ('fundamentals' and 'Fundamentals' are one page, one count);
+        # staging already gives each one spelling, the first seen is kept here as a safeguard.
+        names: dict[str, str] = {}
         counts: dict[str, int] = {}
         for item in listing:
-            for c in item["categories"]:
-                counts[c["name"]] = counts.get(c["name"], 0) + 1
-        all_categories = [{"name": n, "slug": slugify(n), "count": k} for n, k in sorted(counts.items())]
+            for c in {c["slug"]: c for c in item["categories"]}.values():
+                names.setdefault(c["slug"], c["name"])
+                counts[c["slug"]] = counts.get(c["slug"], 0) + 1
+        all_categories = [{"name": names[slug], "slug": slug, "count": counts[slug]}
+                          for slug in sorted(counts, key=lambda k: names[k].lower())]
 
         index_meta, index_body = read_post(site / "index.qmd")
         write("index.html", page.render(
@@ -163,7 +168,7 @@ class PandocEngine:
                "subtitle": index_meta.get("subtitle"), "listing": listing, "all_categories": all_categories,
                "body": self.to_html(index_body, lua, "index.qmd")}))
         for category in all_categories:
-            members = [i for i in listing if category["name"] in [c["name"] for c in i["categories"]]]
+            members = [i for i in listing if category["slug"] in [c["slug"] for c in i["categories"]]]
             write(f"categories/{category['slug']}.html", page.render(
                 **{**common, "kind": "listing", "root": "../", "title": f"Category: {category['name']}",
                    "listing": members, "body": ""}))
@@ -195,35 +200,50 @@ class QuartoEngine:
 
 def choose_engine(name: str = "auto"):
     """'quarto', 'pandoc', or 'auto' (Quarto when on PATH, else pandoc)."""
+    if name not in ENGINES:
+        raise RenderError(f"unknown engine {name!r}: use {', '.join(ENGINES)}")
     if name == "quarto" or (name == "auto" and shutil.which("quarto")):
         return QuartoEngine()
-    if name in ("pandoc", "auto"):
-        return PandocEngine()
-    raise ValueError(f"unknown engine {name!r}: use auto, quarto or pandoc")
+    return PandocEngine()
 
 
 def render_site(project: Project, engine, *, force: bool = False) -> bool:
-    """Render atomically into site/_site; return False when the inputs are unchanged (skipped)."""
+    """Render atomically into site/_site; return False when the inputs are unchanged (skipped).
+
+    The engine writes a fresh folder; its local links are checked (every href and src resolves,
+    anchors included); only then does it replace ``_site``. Anything that fails, a Ctrl-C
+    included, removes the fresh folder and leaves the previous site as it was."""
     final = project.site_dir / "_site"
     stamp = input_stamp(project, engine.name)
     if not force and (final / STAMP).exists() and (final / STAMP).read_text() == stamp:
         return False
     fresh = project.site_dir / f"_site.new-{os.getpid()}"
+    old = project.site_dir / f"_site.old-{os.getpid()}"
     shutil.rmtree(fresh, ignore_errors=True)
     try:
-        engine.render(project, fresh)
+        try:
+            engine.render(project, fresh)
+        except RenderError:
+            raise
+        except Exception as exc:  # a template error, a missing file: still a failed render
+            raise RenderError(f"{engine.name} render failed: {type(exc).__name__}: {exc}") from exc
         if not (fresh / "index.html").exists():
             raise RenderError(f"{engine.name} produced no index.html")
-    except RenderError:
+        broken = broken_links(fresh)
+        if broken:
+            shown = "\n  - ".join(broken[:10]) + (f"\n  (and {len(broken) - 10} more)" if len(broken) > 10 else "")
+            raise RenderError(f"the rendered site has {len(broken)} broken link(s); the previous site is kept:\n  - {shown}")
+        (fresh / STAMP).write_text(stamp)
+        try:
+            if final.exists():
+                final.rename(old)
+            fresh.rename(final)
+        except OSError as exc:
+            if old.exists() and not final.exists():
+                old.rename(final)
+            raise RenderError(f"cannot replace {final.relative_to(project.root)}: {exc.strerror or exc} "
+                              f"(is it open, read-only or owned by another user?); the previous site is kept") from None
+    finally:
         shutil.rmtree(fresh, ignore_errors=True)
-        raise
-    except Exception as exc:  # a template error, a missing file: still a failed render
-        shutil.rmtree(fresh, ignore_errors=True)
-        raise RenderError(f"{engine.name} render failed: {type(exc).__name__}: {exc}") from exc
-    (fresh / STAMP).write_text(stamp)
-    old = project.site_dir / f"_site.old-{os.getpid()}"
-    if final.exists():
-        final.rename(old)
-    fresh.rename(final)
     shutil.rmtree(old, ignore_errors=True)
     return True

@@ -7,11 +7,17 @@ that staging resolves (so both engines, Quarto and pandoc, see plain markdown):
 - ``{{< result key.path fmt=.3g >}}``: a value from the day's ``results.json`` (the experiment);
 - ``{{< measured name fmt=.2e >}}``: a number the day's gate measured (``measure(name, ...)``);
 - ``{{< code file.py symbol >}}``: the source of a function or class, straight from the tested
-  implementation (``Class.method`` works too; without a symbol, the whole file);
+  implementation (``Class.method`` works too; without a symbol, the whole file). On a line of its
+  own it is a code block; inside a sentence it names the code inline (```file.symbol```);
 - ``{{< verified >}}``: the generated "Verified" box (appended at the end if the post has none).
 
-An unknown key, a missing figure or a leftover ``{{<`` is a StageError naming the post and
-the placeholder: a post is never published with a hole in it.
+Links between posts are written ``[day 11](day:11)`` or ``[the capstone](capstone:)``: staging
+points them at the other post when it is published, and leaves plain text when it is not.
+
+Images and links are found in pandoc's own document tree (pipeline/markdown.py), never by a
+regular expression. An unknown key, a missing figure or linked file, an unclosed fence or div, a
+leftover ``{{<`` is a StageError naming the post's source file and line: a post is never
+published with a hole in it.
 """
 
 from __future__ import annotations
@@ -22,18 +28,20 @@ import re
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
+from typing import Mapping
 
 import yaml
 
 from .gate import GateResult
 from .ledger import DayEntry, Entry
-from .project import CAPSTONE, Project, slugify, unit_label
+from .markdown import outline
+from .project import CAPSTONE, DayNumberError, Project, UnitKey, parse_day, slugify, unit_label
 
-__all__ = ["StageError", "StagedPost", "format_number", "post_slug", "read_post", "stage_post", "sync_staged"]
+__all__ = ["StageError", "StagedPost", "canonical_categories", "format_number", "post_slug", "read_post", "stage_post",
+           "sync_staged"]
 
 REQUIRED_FRONT_MATTER = ("title", "description", "categories")
 _PLACEHOLDER = re.compile(r"\{\{<\s*(\w+)\s*(.*?)\s*>\}\}")
-_IMAGE = re.compile(r"!\[[^\]]*\]\(([^)\s]+)")
 
 
 class StageError(ValueError):
@@ -45,7 +53,15 @@ class StagedPost:
     unit: object                # a day number, or "capstone"
     slug: str
     title: str
-    files: dict[str, bytes] = field(default_factory=dict)  # relative to site/posts/<slug>/
+    meta: dict                  # the staged front matter
+    body: str                   # markdown, every placeholder resolved
+    assets: dict[str, bytes] = field(default_factory=dict)  # figures and linked files, by relative path
+
+    @property
+    def files(self) -> dict[str, bytes]:
+        """Everything under site/posts/<slug>/: index.qmd and the post's figures."""
+        header = yaml.safe_dump(self.meta, sort_keys=False, allow_unicode=True, width=1000)
+        return {"index.qmd": f"---\n{header}---\n{self.body}".encode("utf-8"), **self.assets}
 
 
 def post_slug(entry: Entry) -> str:
@@ -175,14 +191,49 @@ def verified_box(project: Project, entry: Entry, gate: GateResult) -> str:
     return "\n".join(lines) + "\n"
 
 
-def stage_post(project: Project, entry: Entry, gate: GateResult, first_passed: date) -> StagedPost:
-    """Build one staged post in memory (nothing is written here)."""
+_DAY_LINK = re.compile(r"\]\((day|capstone):(\d*)(#[^)\s]*)?\)")
+_SCHEME = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*:")
+_FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
+
+
+def _unclosed_fence(lines: list[str]) -> int | None:
+    """The 1-based index of a code fence that is never closed (pandoc silently swallows the rest)."""
+    opener: tuple[str, int, int] | None = None
+    for number, line in enumerate(lines, 1):
+        match = _FENCE.match(line)
+        if not match:
+            continue
+        run = match.group(1)
+        if opener is None:
+            opener = (run[0], len(run), number)
+        elif run[0] == opener[0] and len(run) >= opener[1] and not line[match.end():].strip():
+            opener = None
+    return opener[2] if opener else None
+
+
+def _link_target(unit: UnitKey, anchor: str | None, published: Mapping[UnitKey, str]) -> str | None:
+    """The href of another post, seen from a post's folder; None when that unit is not published."""
+    slug = published.get(unit)
+    return f"../{slug}/index.html{anchor or ''}" if slug else None
+
+
+def stage_post(project: Project, entry: Entry, gate: GateResult, first_passed: date,
+               published: Mapping[UnitKey, str] | None = None) -> StagedPost:
+    """Build one staged post in memory (nothing is written here).
+
+    ``published`` maps every unit that this publish puts on the blog to its slug: a link
+    ``[day 11](day:11)`` (or ``[the capstone](capstone:)``) becomes a link to that post when it is
+    published and plain text when it is not, so the blog never holds a dead link between posts.
+    Every error names the post's source file and its line there.
+    """
+    published = published or {}
     unit_dir = project.unit_dir(entry.key)
     post_path = project.post_path(entry.key)
     where = post_path.relative_to(project.root).as_posix()
     if not post_path.exists():
         raise StageError(f"{where}: missing (a passing {unit_label(entry.key).split()[0]} needs its post)")
     front, body = read_post(post_path)
+    offset = post_path.read_text(encoding="utf-8").count("\n") - body.count("\n")  # front matter lines
     absent = [k for k in REQUIRED_FRONT_MATTER if not front.get(k)]
     if absent:
         raise StageError(f"{where}: front matter lacks {', '.join(absent)}")
@@ -197,11 +248,10 @@ def stage_post(project: Project, entry: Entry, gate: GateResult, first_passed: d
     box = verified_box(project, entry, gate)
     used_box = False
 
-    def substitute(match: re.Match) -> str:
+    def substitute(match: re.Match, line: int, alone: bool) -> str:
         nonlocal used_box
         kind, args = match.group(1), match.group(2).split()
         positional, options = _options(args)
-        line = body.count("\n", 0, match.start()) + 1
         try:
             if kind == "verified":
                 used_box = True
@@ -222,27 +272,67 @@ def stage_post(project: Project, entry: Entry, gate: GateResult, first_passed: d
                 if not any(root in target.parents for root in code_roots) or not target.is_file():
                     raise KeyError(f"no file {positional[0]!r} under days/ or capstone/")
                 symbol = positional[1] if len(positional) > 1 else None
-                return "```python\n" + extract_source(target, symbol) + "```"
+                source = extract_source(target, symbol)
+                if not alone:  # inside a sentence: name the tested code inline, never a block mid-paragraph
+                    return f"`{Path(positional[0]).stem}.{symbol}`" if symbol else f"`{positional[0]}`"
+                return "```python\n" + source + "```"
             raise KeyError(f"unknown placeholder kind {kind!r} (use result, measured, code or verified)")
         except (KeyError, StageError) as exc:
-            message = exc.args[0]
-            raise StageError(f"{where}, line {line}: {match.group(0)}: {message}") from None
+            raise StageError(f"{where}, line {line}: {match.group(0)}: {exc.args[0]}") from None
 
-    body = _PLACEHOLDER.sub(substitute, body)
+    # Substitute line by line (a placeholder never spans lines), remembering where each staged
+    # line came from, so that every later error names the source line.
+    staged_lines: list[str] = []
+    origin: list[int] = []
+    for number, line in enumerate(body.split("\n"), offset + 1):
+        alone = line.strip().startswith("{{<") and line.strip().endswith(">}}") and line.count("{{<") == 1
+        text = _PLACEHOLDER.sub(lambda m: substitute(m, number, alone), line)
+        text = _DAY_LINK.sub(lambda m: _resolve_post_link(m, published, where, number), text)
+        pieces = text.split("\n")
+        staged_lines.extend(pieces)
+        origin.extend([number] * len(pieces))
     if not used_box:
-        body = body.rstrip() + "\n\n## Verified\n\n" + box
+        extra = ["", "## Verified", "", *box.rstrip("\n").split("\n")]
+        staged_lines.extend(extra)
+        origin.extend([origin[-1] if origin else offset + 1] * len(extra))
+    body = "\n".join(staged_lines)
+
+    def source_line(staged_line: int | None) -> str:
+        if staged_line is None or not origin:
+            return where
+        return f"{where}, line {origin[min(max(staged_line, 1), len(origin)) - 1]}"
+
+    def line_of(needle: str) -> str:
+        hit = next((i for i, text in enumerate(staged_lines, 1) if needle in text), None)
+        return source_line(hit)
+
     if "{{<" in body:
-        line = body[: body.index("{{<")].count("\n") + 1
-        raise StageError(f"{where}: unresolved shortcode near line {line} of the staged post")
+        raise StageError(f"{line_of('{{<')}: a placeholder is not closed ('{{{{<' without '>}}}}')")
+    fence = _unclosed_fence(staged_lines)
+    if fence is not None:
+        raise StageError(f"{source_line(fence)}: this code fence is never closed")
+    found = outline(body, project.gate_cache_dir / "markdown")
+    for line, message in found.warnings:
+        raise StageError(f"{source_line(line)}: pandoc: {message}")
 
     files: dict[str, bytes] = {}
-    for ref in _IMAGE.findall(body):
-        if re.match(r"^[a-z]+://", ref):
-            continue
-        source = (unit_dir / ref).resolve()
-        if unit_dir.resolve() not in source.parents or not source.is_file():
-            raise StageError(f"{where}: figure {ref!r} not found in {project.unit_rel(entry.key)}/")
-        files[Path(ref).as_posix()] = source.read_bytes()
+    for kind, targets in (("figure", found.images), ("link", found.links)):
+        for ref in targets:
+            if not ref or ref.startswith("#") or ref.startswith("../") and kind == "link" and _is_post_href(ref, published):
+                continue
+            if ref.startswith(("day:", "capstone:")):
+                raise StageError(f"{line_of(ref)}: link {ref!r} to another post: write it inline, "
+                                 f"as [text](day:N) or [text](capstone:)")
+            if _SCHEME.match(ref) or ref.startswith("//"):
+                continue  # http(s), mailto: not ours to check
+            path = ref.split("#", 1)[0].split("?", 1)[0]
+            source = (unit_dir / path).resolve()
+            if unit_dir.resolve() not in source.parents or not source.is_file():
+                if kind == "link" and ref.startswith("../"):
+                    raise StageError(f"{line_of(ref)}: link {ref!r} leaves the post: link another post "
+                                     f"as [text](day:N) or [text](capstone:), so it is checked and never dead")
+                raise StageError(f"{line_of(ref)}: {kind} {ref!r} not found in {project.unit_rel(entry.key)}/")
+            files[Path(path).as_posix()] = source.read_bytes()
 
     meta = dict(front)
     meta["date"] = first_passed.isoformat()
@@ -253,10 +343,53 @@ def stage_post(project: Project, entry: Entry, gate: GateResult, first_passed: d
         extra = entry.module_name
     else:
         extra = "Capstone"
-    meta["categories"] = list(dict.fromkeys([*front["categories"], extra]))
-    header = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True, width=1000)
-    files["index.qmd"] = f"---\n{header}---\n{body}".encode("utf-8")
-    return StagedPost(entry.key, post_slug(entry), str(front["title"]), files)
+    meta["categories"] = _unique_categories([*front["categories"], extra])
+    meta["source"] = where
+    return StagedPost(entry.key, post_slug(entry), str(front["title"]), meta, body, files)
+
+
+def _is_post_href(ref: str, published: Mapping[UnitKey, str]) -> bool:
+    """A resolved day:/capstone: link: ../<published slug>/index.html[#anchor]."""
+    parts = ref.split("#", 1)[0].split("/")
+    return len(parts) == 3 and parts[2] == "index.html" and parts[1] in published.values()
+
+
+def _resolve_post_link(match: re.Match, published: Mapping[UnitKey, str], where: str, line: int) -> str:
+    kind, number, anchor = match.group(1), match.group(2), match.group(3)
+    try:
+        unit: UnitKey = CAPSTONE if kind == "capstone" else parse_day(number)
+    except DayNumberError as exc:
+        raise StageError(f"{where}, line {line}: link ({kind}:{number}): {exc}") from None
+    if kind == "capstone" and number:
+        raise StageError(f"{where}, line {line}: link (capstone:{number}): write (capstone:)")
+    href = _link_target(unit, anchor, published)
+    if href is None:  # not on the blog (yet): plain text, never a dead link
+        return "]{.unpublished title=\"" + f"{unit_label(unit)} is not published" + "\"}"
+    return f"]({href})"
+
+
+def _unique_categories(names: list) -> list[str]:
+    """Categories without case-insensitive duplicates ('fundamentals' and 'Fundamentals' are one)."""
+    seen: dict[str, str] = {}
+    for name in names:
+        seen.setdefault(slugify(str(name)), str(name))
+    return list(seen.values())
+
+
+def canonical_categories(posts: list[StagedPost]) -> None:
+    """One spelling per category across the blog: the most used one (ties: the first, by unit).
+
+    Categories are compared by slug, so 'fundamentals' in a post and the module category
+    'Fundamentals' are one category with one page and one count, under Quarto and pandoc alike."""
+    spellings: dict[str, dict[str, int]] = {}
+    for post in posts:
+        for name in post.meta["categories"]:
+            counts = spellings.setdefault(slugify(name), {})
+            counts[name] = counts.get(name, 0) + 1
+    best = {slug: max(counts, key=lambda n: (counts[n], sum(c.isupper() for c in n)))
+            for slug, counts in spellings.items()}
+    for post in posts:
+        post.meta["categories"] = _unique_categories([best[slugify(n)] for n in post.meta["categories"]])
 
 
 def sync_staged(project: Project, posts: list[StagedPost]) -> bool:

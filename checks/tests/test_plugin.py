@@ -1,9 +1,12 @@
 """checks.pytest_plugin: the gate report records outcomes, docstrings and measured numbers."""
 
 import json
+import os
 from pathlib import Path
 
 import pytest
+
+from checks.requirements import missing
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -84,3 +87,64 @@ def test_list(measure):
     result = pytester.runpytest_subprocess("-p", "checks.pytest_plugin")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*TypeError: measure('l'): value must be a number or a string*"])
+
+
+UNDECLARED = '''
+import pytest
+from checks.assets import resolve
+
+@pytest.fixture(scope="module")
+def tokenizer_dir():
+    return resolve("gpt2-tokenizer")
+
+def test_undeclared_direct():
+    resolve("gpt2-tokenizer")
+
+def test_undeclared_through_a_fixture(tokenizer_dir):
+    pass
+'''
+
+DECLARED = '''
+import pytest
+from checks.assets import resolve
+
+@pytest.fixture(scope="module")
+def tokenizer_dir():
+    return resolve("gpt2-tokenizer")
+
+@pytest.mark.asset("gpt2-tokenizer")
+def test_declared_direct():
+    resolve("gpt2-tokenizer")
+
+@pytest.mark.asset("gpt2-tokenizer")
+def test_declared_through_a_fixture(tokenizer_dir):
+    pass
+
+def test_asked_through_the_asset_fixture(asset):
+    asset("gpt2-tokenizer")
+'''
+
+
+@pytest.mark.parametrize("assets_present", [True, False], ids=["present", "missing"])
+def test_an_undeclared_asset_fails_the_test_even_where_it_is_present(pytester, monkeypatch, tmp_path, assets_present):
+    """A test (or a fixture it uses) that resolves an asset it did not declare fails, naming the
+    marker to add, whether or not the asset is on this machine; declared uses pass where it is
+    present and skip with a hint where it is not (outside CI)."""
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    for var in ("CI", "ARENA_GATE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("ARENA_CACHE", str(tmp_path / "cache"))
+    shared = Path(os.environ.get("ARENA_ASSETS", "")).expanduser()
+    if assets_present and not (shared / "tokenizers/gpt2/vocab.json").is_file():
+        missing("asset 'gpt2-tokenizer'", "set ARENA_ASSETS to the shared assets")
+    monkeypatch.setenv("ARENA_ASSETS", str(shared) if assets_present else str(tmp_path / "none"))
+    pytester.makepyfile(test_undeclared=UNDECLARED, test_declared=DECLARED)
+    result = pytester.runpytest_subprocess("-p", "checks.pytest_plugin", "-rA")
+    outcomes = result.parseoutcomes()
+    outcomes["errors"] = outcomes.pop("error", 0) + outcomes.pop("errors", 0)
+    declared = {"passed": 3} if assets_present else {"skipped": 3}
+    assert outcomes == {"failed": 1, "errors": 1, **declared}, outcomes
+    for test in ("test_undeclared_direct", "test_undeclared_through_a_fixture"):
+        result.stdout.fnmatch_lines([f"*{test} uses asset 'gpt2-tokenizer' without declaring it: "
+                                     "add @pytest.mark.asset('gpt2-tokenizer')*"])

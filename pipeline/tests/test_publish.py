@@ -182,7 +182,7 @@ def test_a_post_with_a_hole_stops_publish_before_the_site_changes(toy):
     publish(toy.project, PANDOC)
     site_before = {p: p.read_bytes() for p in (toy.root / "site").rglob("*") if p.is_file()}
     toy.write_day(2, post_body="{{< result no.such.key >}}\n")
-    with pytest.raises(StageError, match="days/002/post.qmd, line 1"):
+    with pytest.raises(StageError, match="days/002/post.qmd, line 7"):  # the line in post.qmd itself
         publish(toy.project, PANDOC)
     assert {p: p.read_bytes() for p in (toy.root / "site").rglob("*") if p.is_file()} == site_before
 
@@ -238,3 +238,20 @@ def test_publish_days_flag_accepts_the_capstone(toy):
     assert days_arg("2,capstone,1") == [1, 2, "capstone"] or days_arg("2,capstone,1") == [2, "capstone", 1]
     with pytest.raises(DayNumberError, match="capstone"):
         days_arg("capstan")
+
+
+def test_a_fresh_clone_regates_everything_and_leaves_the_committed_files_as_they_were(toy):
+    """A clone has no gate cache: publish gates every passed day again (the posts need their
+    Verified boxes), and when each gate confirms the ledger, progress.yml and the README keep their
+    bytes, so the README's set-up command leaves a clean git tree."""
+    toy.write_day(1)
+    toy.write_day(2)
+    publish(toy.project, PANDOC)
+    committed = {name: (toy.root / name).read_bytes() for name in ("progress.yml", "README.md")}
+    shutil.rmtree(toy.root / ".gate")
+    shutil.rmtree(toy.root / "site" / "_site")
+    summary = publish(toy.project, PANDOC)
+    assert sorted(r.unit for r in summary.gated) == [1, 2] and all(r.passed for r in summary.gated)
+    assert summary.published == [1, 2] and summary.rendered
+    assert not summary.ledger_written and not summary.readme_written
+    assert {name: (toy.root / name).read_bytes() for name in committed} == committed

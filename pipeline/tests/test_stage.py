@@ -6,7 +6,8 @@ from datetime import date
 import pytest
 
 from pipeline.gate import GateResult
-from pipeline.stage import StageError, escape_markdown, format_number, read_post, stage_post, sync_staged
+from pipeline.stage import (StageError, canonical_categories, escape_markdown, format_number, read_post, stage_post,
+                            sync_staged)
 
 GATE = GateResult(
     unit=5, fingerprint="sha256:0123456789abcdef", checked_at="2026-03-05T10:00:00+00:00", wall_seconds=2.5,
@@ -22,9 +23,9 @@ GATE = GateResult(
     ])
 
 
-def stage(toy, body: str):
+def stage(toy, body: str, published=None):
     toy.write_day(5, post_body=textwrap.dedent(body))
-    return stage_post(toy.project, toy.ledger()[5], GATE, date(2026, 3, 5))
+    return stage_post(toy.project, toy.ledger()[5], GATE, date(2026, 3, 5), published)
 
 
 def staged_text(post) -> str:
@@ -89,8 +90,8 @@ def test_verified_box_is_appended_when_the_post_has_none(toy):
 
 
 @pytest.mark.parametrize("body, message", [
-    ("{{< result headline.missing >}}", r"line 1: \{\{< result headline.missing >\}\}: results.json has no 'headline.missing'"),
-    ("x\n{{< measured nope >}}", r"line 2: .*the gate measured no 'nope' \(measured: err, sum\)"),
+    ("{{< result headline.missing >}}", r"post.qmd, line 7: \{\{< result headline.missing >\}\}: results.json has no 'headline.missing'"),
+    ("x\n{{< measured nope >}}", r"post.qmd, line 8: .*the gate measured no 'nope' \(measured: err, sum\)"),
     ("{{< code toy.py subtract >}}", "toy.py defines no 'subtract'"),
     ("{{< code ../../pipeline/stage.py >}}", "no file '../../pipeline/stage.py' under days/"),
     ("{{< chart x >}}", "unknown placeholder kind 'chart'"),
@@ -133,3 +134,79 @@ def test_sync_writes_only_differences_and_removes_unpublished_posts(toy):
     assert toy.snapshot() == before
     assert sync_staged(toy.project, []) is True
     assert not any((toy.root / "site/posts").glob("day-*"))
+
+
+# The body of a toy post starts on line 7 of its post.qmd (five lines of front matter, one blank).
+FIRST_LINE = 7
+
+
+def test_images_are_found_in_pandocs_tree_even_with_brackets_in_the_alt_text(toy):
+    """An alt text holding ']' (as '[P] previous-token' in the capstone) hides nothing: the figure
+    is copied when present, and its absence is an error naming the source line."""
+    post = stage(toy, "Intro.\n\n![Heads: [P] previous, [D] current.](figures/plot.png){#fig-grid}\n")
+    assert "figures/plot.png" in post.files
+    body = "Intro.\n\n![Heads: [P] previous, [D] current.](figures/grid.png){#fig-grid}\n"
+    with pytest.raises(StageError, match=rf"days/005/post.qmd, line {FIRST_LINE + 2}: figure 'figures/grid.png' not found"):
+        stage(toy, body)
+
+
+def test_code_in_backticks_is_not_mistaken_for_an_image(toy):
+    """'![x](nowhere.png)' inside a code span or block is text, not a figure to find."""
+    post = stage(toy, "Write `![x](nowhere.png)` for a figure.\n\n```markdown\n![y](gone.png)\n```\n")
+    assert set(post.files) == {"index.qmd"}
+
+
+def test_errors_after_an_expanded_code_block_name_the_source_line(toy):
+    """A code placeholder expands into many staged lines; an error further down still names the
+    line of post.qmd, not of the staged copy."""
+    body = "{{< code toy.py add >}}\n\ntext\n\n::: {.callout-note}\nnever closed\n"
+    with pytest.raises(StageError, match=rf"days/005/post.qmd, line {FIRST_LINE + 4}: pandoc: Div at line"):
+        stage(toy, body)
+    body = "{{< code toy.py Box >}}\n\nprose\n\n```python\nx = 1\n"
+    with pytest.raises(StageError, match=rf"line {FIRST_LINE + 4}: this code fence is never closed"):
+        stage(toy, body)
+    with pytest.raises(StageError, match=rf"line {FIRST_LINE + 2}: .*not closed"):
+        stage(toy, "a\n\n{{< result headline.value\n")
+
+
+def test_inline_code_placeholder_names_the_code_inside_the_sentence(toy):
+    """{{< code f.py sym >}} inside a sentence stays in the sentence (no block mid-paragraph)."""
+    text = staged_text(stage(toy, "Every analysis ({{< code toy.py add >}}) takes a model.\n"))
+    assert "Every analysis (`toy.add`) takes a model." in text
+    assert "```python" not in text.split("::: {.callout-tip")[0]
+
+
+def test_links_between_posts_land_on_published_posts_or_become_text(toy):
+    """[text](day:N) points at day N's post when it is published, and is plain text otherwise;
+    a bad day number is an error; a hand-written link to another post's folder is refused."""
+    body = "See [day 2](day:2), [the capstone](capstone:#part-1) and [day 3](day:3).\n"
+    text = staged_text(stage(toy, body, published={2: "day-002-two", "capstone": "capstone-x"}))
+    assert "[day 2](../day-002-two/index.html)" in text
+    assert "[the capstone](../capstone-x/index.html#part-1)" in text
+    assert '[day 3]{.unpublished title="day 003 is not published"}' in text
+    with pytest.raises(StageError, match=rf"line {FIRST_LINE}: link \(day:101\): day 101 is out of range"):
+        stage(toy, "See [x](day:101).\n")
+    with pytest.raises(StageError, match=rf"line {FIRST_LINE + 1}: link '../day-002-two/index.html' leaves the post"):
+        stage(toy, "a\nSee [x](../day-002-two/index.html).\n")
+
+
+def test_local_links_must_exist_and_travel_with_the_post(toy):
+    """A link to a file of the day (the raw numbers) is copied beside the post; a missing one is an error."""
+    post = stage(toy, "The [raw numbers](results.json) and [a site](https://example.org).\n")
+    assert post.files["results.json"] == (toy.day_dir(5) / "results.json").read_bytes()
+    with pytest.raises(StageError, match="link 'data.csv' not found in days/005/"):
+        stage(toy, "The [data](data.csv).\n")
+
+
+def test_categories_are_one_per_case_insensitive_slug(toy):
+    """'fundamentals' and the module category 'Fundamentals' are one category, in one spelling."""
+    one = stage(toy, "Body.\n")
+    assert one.meta["categories"] == ["toys", "Fundamentals"]
+    two = stage(toy, "Body.\n")
+    two.meta["categories"] = ["fundamentals", "Toys", "toys"]
+    three = stage(toy, "Body.\n")
+    three.meta["categories"] = ["TOYS"]
+    canonical_categories([one, two, three])
+    assert one.meta["categories"] == ["toys", "Fundamentals"]
+    assert two.meta["categories"] == ["Fundamentals", "toys"]
+    assert three.meta["categories"] == ["toys"]

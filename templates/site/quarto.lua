@@ -1,6 +1,7 @@
 -- Pandoc Lua filter: the Quarto features our posts use, for the pandoc engine.
 --  * callouts: ::: {.callout-tip title="..."} becomes a titled box;
---  * figures with #fig-... ids are numbered ("Figure 1: ...") and @fig-... references link to them.
+--  * figures with #fig-... ids are numbered ("Figure 1: ...") and @fig-... references link to them;
+--  * tables sit in a .table-wrap box that scrolls sideways when a table is wider than the column.
 
 local kinds = { note = "Note", tip = "Tip", warning = "Warning", important = "Important", caution = "Caution" }
 
@@ -35,6 +36,10 @@ function Pandoc(doc)
       end
     end,
     Div = callout,
+    -- A table wider than the column scrolls inside its own box, never the page.
+    Table = function(tbl)
+      return pandoc.Div({ tbl }, { class = "table-wrap" })
+    end,
   })
   doc = doc:walk({
     Cite = function(cite)
