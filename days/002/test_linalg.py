@@ -7,13 +7,13 @@ truncated SVD; the four Moore–Penrose conditions. Tolerances are float64 round
 problem's size and condition number, stated per test.
 """
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
 
 from checks import assert_parity
+from checks.committed import assert_reproduces, float_ops, log_space
 
 from . import linalg as L
 
@@ -168,19 +168,32 @@ def test_pseudo_inverse_matches_torch_and_penrose_conditions():
         assert_parity(lhs, rhs, atol=1e-12)
 
 
-def test_results_json_is_current(measure):
+def test_results_json_is_current(committed, measure):
     """The post's numbers are reproduced now: the image-compression errors (and their agreement
-    with Eckart–Young) and the orthogonality losses at κ = 1e8 equal results.json."""
-    results = json.loads((HERE / "results.json").read_text())
+    with Eckart–Young) and the orthogonality losses at κ = 1e8 equal results.json. The errors come
+    from a backward-stable SVD of the 427×640 image, accurate to about max(m, n)·u relative to
+    ‖A‖ (float_ops(640) as an absolute bound on errors relative to ‖A‖_F). The orthogonality
+    losses are accumulated rounding errors themselves, so only their order of magnitude
+    reproduces (log space): over 12 other random matrices of condition 1e8, log10 of classical
+    Gram–Schmidt's loss (saturated near κ²u ≈ 1) spans 1.4 decades, the others' ≤ 0.4."""
+    results = committed
     image = L.grayscale_image()
     assert list(image.shape) == results["image_shape"]
-    for now, recorded in zip(L.image_compression(image), results["compression"]):
+    # LAPACK's SVD is exact for A + E with ‖E‖ ≲ max(m, n)·u·‖A‖, so an error relative to ‖A‖_F
+    # may move by that much in absolute terms.
+    svd = float_ops(640, why="backward-stable SVD of a 427×640 matrix, relative to ‖A‖", abs=float_ops(640).rel)
+    worst = 0.0
+    for now, recorded in zip(L.image_compression(image), results["compression"], strict=True):
         assert now["k"] == recorded["k"]
-        assert now["relative_error"] == pytest.approx(recorded["relative_error"], abs=1e-12)
+        worst = max(worst, assert_reproduces(now["relative_error"], recorded["relative_error"], svd,
+                                             name=f"compression[k={now['k']}].relative_error"))
         assert abs(now["relative_error"] - now["predicted"]) < 1e-12
+    measure("compression.deviation_from_committed", worst, "≤ 1 (fraction of the tolerance)")
     sweep = {r["cond"]: r for r in L.orthogonality_sweep()}
     for name, value in results["orthogonality_at_1e8"].items():
-        assert sweep[1e8][name] == pytest.approx(value, rel=1e-6, abs=1e-15)
+        decades = 1.5 if name == "classical_gs" else 0.5
+        assert_reproduces(sweep[1e8][name], value, log_space(decades, why="a rounding error's order of magnitude"),
+                          name=f"orthogonality_at_1e8.{name}")
     for name in ("qr_orthogonality", "lstsq_accuracy", "svd_compression"):
         assert (HERE / f"figures/{name}.png").stat().st_size > 10_000
     measure("compression.rank_50_error", results["compression_by_rank"]["50"]["relative_error"])

@@ -8,7 +8,6 @@ closed form for the 2×2 system (float64; the two differ by rounding in a well-c
 geometric invariants (translating, rotating, rescaling the direction, swapping endpoints).
 """
 
-import json
 import math
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 import torch
 
 from checks import assert_parity
+from checks.committed import assert_reproduces, float_ops
 
 from . import rays as R
 
@@ -183,18 +183,21 @@ def test_make_rays_2d_is_the_cartesian_grid():
     assert torch.equal(image[:, 0], torch.linspace(-0.3, 0.3, 10))
 
 
-def test_results_json_is_current(measure):
+def test_results_json_is_current(committed, measure):
     """results.json (cited by the post) was written by this code: ARENA's hits and the room's
     depth range recomputed now; the room's depths are also checked by hand: the nearest surface
     is the near face of the first pillar (x = 3 − 0.5 = 2.5), the farthest the back wall (x = 6),
-    and no ray escapes the room."""
-    results = json.loads((HERE / "results.json").read_text())
+    and no ray escapes the room. The hits are decisions whose u and v clear the thresholds 0 and 1
+    by ≥ 0.03 (compared exactly); a depth is one float32 2×2 solve (float_ops(8, float32))."""
+    results = committed
     rays = R.make_rays_1d(9, 10.0)
     assert results["arena_scene"]["hits_by_ray"] == R.intersect_rays_1d(rays, R.ARENA_SEGMENTS).tolist()
     depth = R.nearest_hit_1d(R.make_rays_1d(results["room"]["n_rays"], 1.0), R.room_segments())
-    assert depth.min().item() == results["room"]["depth_min"] == 2.5
-    assert depth.max().item() == results["room"]["depth_max"] == 6.0
-    assert results["room"]["n_missed"] == 0
+    depth_tol = float_ops(8, "float32", why="u of one batched 2×2 float32 solve (LU, a few roundings)")
+    for key, by_hand, now in (("depth_min", 2.5, depth.min().item()), ("depth_max", 6.0, depth.max().item())):
+        assert_reproduces(now, results["room"][key], depth_tol, name=f"room.{key}")
+        assert_reproduces(now, by_hand, depth_tol, name=f"room.{key}, by hand")
+    assert results["room"]["n_missed"] == 0 and torch.isfinite(depth).all()
     assert results["benchmark"][-1]["speedup"] > 1
     for name in ("arena_scene", "room_depth", "ray_grid"):
         assert (HERE / f"figures/{name}.png").stat().st_size > 10_000

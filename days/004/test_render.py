@@ -10,7 +10,6 @@ Lambert's cos θ on a tilted triangle; mesh topology (Euler characteristic, clos
 consistently wound) and second-order volume convergence; Rodrigues against scipy.
 """
 
-import json
 import math
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import torch
 from scipy.spatial.transform import Rotation
 
 from checks import assert_parity
+from checks.committed import assert_reproduces, float_ops
 
 from . import render as R
 
@@ -300,16 +300,20 @@ def test_cameras():
     assert ortho[:, 0].tolist() == [[-4.0, y, z] for y in (-1.0, 0.0, 1.0) for z in (-1.0, 0.0, 1.0)]
 
 
-def test_results_json_is_current(measure):
+def test_results_json_is_current(committed, measure):
     """results.json (cited by the post) was written by this code: the silhouette sweep at one
     subdivision is recomputed now, every recorded area sits inside its stated bounds, and the
-    figures exist."""
-    results = json.loads((HERE / "results.json").read_text())
+    figures exist. The area is a pixel count (every pixel centre is over 1e-6 from the outline:
+    shifting the grid by 1e-6 in any direction changes no hit) times pitch² in Python floats;
+    the inradius is a minimum of float64 dot products of unit normals (float_ops(32))."""
+    results = committed
     assert results["render"]["n_triangles"] == len(R.demo_scene())
     recorded = results["silhouette_by_subdivisions"]["1"]
     now = R.silhouette_area(1, recorded["num_pixels"])
-    assert now["area"] == pytest.approx(recorded["area"], abs=1e-12)
-    assert now["inradius"] == pytest.approx(recorded["inradius"], abs=1e-12)
+    assert_reproduces(now["area"], recorded["area"],
+                      float_ops(2, why="count × pitch², the count a decision with a margin of 1e-6"), name="area")
+    assert_reproduces(now["inradius"], recorded["inradius"],
+                      float_ops(32, why="normal = cross product / its norm, then a dot product"), name="inradius")
     for row in results["silhouette"]:
         assert math.pi * row["inradius"] ** 2 - row["pixel_error_bound"] <= row["area"] <= math.pi + row["pixel_error_bound"]
     errors = [abs(r["area"] - math.pi) for r in results["silhouette"]]

@@ -7,12 +7,13 @@ of live tensor bytes depends on the shapes, not on the machine's load. No timing
 here; the speed-up ratios come from run_experiment's benchmark (results.json).
 """
 
-import json
 import math
 from pathlib import Path
 
 import pytest
 import torch
+
+from checks.committed import assert_reproduces, exact
 
 from . import perf as P
 
@@ -117,14 +118,14 @@ def test_batched_memory_grows_with_pixels_and_chunked_memory_is_bounded(scene, m
     measure("batched.peak_mib_at_48px", peaks["batched", 48] / 2**20)
 
 
-def test_results_json_is_current(scene, measure):
+def test_results_json_is_current(committed, scene, measure):
     """results.json (cited by the post) was written by this code: the benchmark saw identical
     images at every size; the analytic tensor sizes and chunk sizes recompute now; the 16-pixel
     batched allocator peak (deterministic) reproduces; batched and chunked beat the loop; chunked
     peak memory is flat from the size where one chunk no longer holds the whole image; and the
     timing claims the post makes hold in the recorded run (chunked within 10% of batched at the
     largest size, a chunk-size curve with its minimum inside the sweep)."""
-    results = json.loads((HERE / "results.json").read_text())
+    results = committed
     triangles, light = scene
     assert results["all_identical"] is True
     rows = results["benchmark"]
@@ -137,7 +138,9 @@ def test_results_json_is_current(scene, measure):
     first = rows[0]
     rays = R.demo_camera(first["num_pixels"])
     _, peak = P.peak_allocated_bytes(lambda: P.render_batched(rays, triangles, light))
-    assert peak == first["peak_bytes"]["batched"]
+    assert_reproduces(peak, first["peak_bytes"]["batched"],
+                      exact("bytes of the tensors the batched render allocates: sizes, no rounding"),
+                      name="peak_bytes.batched")
     largest = rows[-1]
     assert largest["seconds"]["chunked"] <= 1.1 * largest["seconds"]["batched"], "the post says chunking costs no speed"
     sweep = [r["seconds"] for r in results["chunk_sweep"]]

@@ -10,7 +10,6 @@ The training bar is a stated floor for a short run, far above chance (10%), meas
 
 import gzip
 import hashlib
-import json
 import struct
 from pathlib import Path
 
@@ -160,11 +159,11 @@ def test_short_run_on_a_subset_clears_the_bar(measure):
 # ---------------------------------------------------------------- the experiment
 
 
-def test_results_json_is_current(measure):
+def test_results_json_is_current(committed, measure):
     """results.json (cited by the post) is consistent: the headline test accuracy is ≥ 98% on all
     10 000 test images, equals the confusion matrix's trace / 10 000 with row sums equal to
     MNIST's test class counts, and the figures exist."""
-    results = json.loads((HERE / "results.json").read_text())
+    results = committed
     confusion = torch.tensor(results["confusion"])
     assert confusion.sum(1).tolist() == TEST_COUNTS
     assert results["test_accuracy"] == pytest.approx(confusion.trace().item() / 10_000, abs=1e-12)

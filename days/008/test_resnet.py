@@ -9,7 +9,6 @@ python-batch format on hand-built files. Tolerances: float64, 1e-10 for the 36-l
 (rounding accumulates over depth), 1e-12 elsewhere.
 """
 
-import json
 import pickle
 from pathlib import Path
 
@@ -339,11 +338,11 @@ def test_small_resnet_memorises_a_small_batch(measure):
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
 
 
-def test_results_json_is_current(measure):
+def test_results_json_is_current(committed, measure):
     """results.json (cited by the post) is consistent: 1 000 test images with 100 a class in the
     confusion matrix's rows, the accuracy equals its trace / 1 000, the model and its parameter
     count are the experiment's, ResNet34's count is torchvision's, and the figures exist."""
-    results = json.loads((HERE / "results.json").read_text())
+    results = committed
     confusion = torch.tensor(results["confusion"])
     assert confusion.sum(1).tolist() == [100] * 10
     assert results["test_accuracy"] == pytest.approx(confusion.trace().item() / 1_000, abs=1e-12)

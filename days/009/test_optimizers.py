@@ -12,7 +12,6 @@ where the dynamics are chaotic (shown, not assumed). A float32 run per optimizer
 issue's bar, atol 1e-5, at single precision.
 """
 
-import json
 import math
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import pytest
 import torch
 
 from checks import assert_parity
+from checks.committed import assert_reproduces, float_ops, iterated, log_space, statistical
 
 from . import optimizers as O
 
@@ -324,35 +324,82 @@ def test_rosenbrock_gradient_matches_autograd():
     assert O.rosenbrock(one).item() == 0 and torch.equal(O.rosenbrock_grad(one), torch.zeros(2, dtype=torch.float64))
 
 
-def test_results_json_is_current(measure):
+def _hessian_norm(xy: torch.Tensor) -> torch.Tensor:
+    """‖∇²f‖_F ≥ ‖∇²f‖₂ of Rosenbrock at each point: [[2 − 400y + 1200x², −400x], [−400x, 200]]."""
+    x, y = xy[..., 0], xy[..., 1]
+    return torch.sqrt((2 - 400 * y + 1200 * x**2) ** 2 + 2 * (400 * x) ** 2 + 200.0**2)
+
+
+def _reproduction_tolerances(name: str, rec: dict, path: torch.Tensor) -> dict:
+    """How far this path's final loss, tail loss and final distance may be from the committed run's.
+
+    Non-chaotic paths: another CPU rounds each of the 2000 steps differently, and a rounding
+    is amplified at most as much as the experiment measured for a one-ulp nudge of the start
+    (torch's own path; recorded as torch_self_deviation_after_1ulp_nudge): iterated(2000, growth=
+    that factor) bounds the shift δ of every point of the path. The distance moves by at most δ,
+    a loss by at most |∇f|·δ + ½‖∇²f‖·δ² at its point (plus f's own few roundings).
+    Chaotic paths (a nudge departs by over 1e-6) end on a zigzag whose phase rounding decides:
+    ours against torch (another rounding of the same run) differs by 0.4% in final loss and 0.7% in
+    final distance, three one-ulp nudges of the start by at most 0.5% and 0.7%, and the tail loss
+    (a mean over 200 steps) by at most 0.06%: statistical, rel 3% for the end point, 1% (the bar
+    against torch) for the tail."""
+    if rec["torch_self_deviation_after_1ulp_nudge"] > 1e-6:
+        end = statistical(0.0, rel=0.03, why="a chaotic path's end point: 4× the spread of other roundings")
+        return {"final_loss": end, "final_distance": end,
+                "tail_loss": statistical(0.0, rel=0.01, why="a chaotic path's 200-step mean: 16× the spread")}
+    growth = max(1.0, rec["torch_self_deviation_after_1ulp_nudge"] / 2.0**-52)
+    shift = iterated(O.STEPS, growth=growth, why="rounding at each step, amplified as a nudge of the start")
+    delta = shift.rel * path.abs().max().item()  # the rounding of a coordinate is relative to its size
+    tail = path[-max(1, len(path) // 10):]
+    moved = O.rosenbrock_grad(tail).norm(dim=-1) * delta + 0.5 * _hessian_norm(tail) * delta**2
+    why = f"{name}: each point shifts by at most δ = {delta:.1e} (growth {growth:.0f})"
+    return {"final_loss": float_ops(8, why=why, abs=moved[-1].item()),
+            "tail_loss": float_ops(8 + len(tail), why=why, abs=moved.max().item()),
+            "final_distance": float_ops(4, why=why, abs=delta)}
+
+
+def test_results_json_is_current(committed, measure):
     """The post's Rosenbrock numbers are reproduced now: each optimizer's path at its recorded
-    learning rate ends at the recorded loss and distance (rel 1e-9), and the recorded learning
-    rate is the best of the recorded sweep. Each path equals torch.optim's to 1e-9 over 2000 steps,
-    except where the path itself is chaotic (torch's own path, started one ulp away, departs by
-    over 1e-6): there our tail loss must equal torch's within 1%. The headline claims hold:
-    momentum beats plain SGD's tail loss by over 100×, and Adam gets below 1e-8."""
-    results = json.loads((HERE / "results.json").read_text())
+    learning rate ends at the recorded loss and distance, within what rounding on another CPU
+    can change over 2000 steps (see _reproduction_tolerances: a bound propagated along the path
+    for the four non-chaotic paths, the measured spread of other roundings for the chaotic one),
+    and the recorded learning rate is the best of the recorded sweep. Each path equals
+    torch.optim's to 1e-9 over 2000 steps, except where the path itself is chaotic (torch's own
+    path, started one ulp away, departs by over 1e-6): there our tail loss must equal torch's
+    within 1%, and the recorded gap to torch's path reproduces in order of magnitude (a gap between
+    two roundings of a chaotic path, within 1 decade; the three nudges: within 0.5). The headline
+    claims hold: momentum beats plain SGD's tail loss by over 100×, and Adam gets below 1e-8."""
+    results = committed
     assert results["steps"] == O.STEPS and results["learning_rates"] == O.LEARNING_RATES
     for name, rec in results["optimizers"].items():
         path, losses = O.optimize_path(O.contestant(name, rec["lr"]), O.STEPS)
-        assert losses[-1].item() == pytest.approx(rec["final_loss"], rel=1e-9, abs=1e-300)
-        assert O.tail_loss(losses) == pytest.approx(rec["tail_loss"], rel=1e-9)
-        assert math.dist(path[-1].tolist(), O.MINIMUM) == pytest.approx(rec["final_distance"], rel=1e-9, abs=1e-300)
+        now = {"final_loss": losses[-1].item(), "tail_loss": O.tail_loss(losses),
+               "final_distance": math.dist(path[-1].tolist(), O.MINIMUM)}
+        for key, tol in _reproduction_tolerances(name, rec, path).items():
+            worst = assert_reproduces(now[key], rec[key], tol, name=f"optimizers.{name}.{key}")
+            measure(f"rosenbrock.{name}.{key}.deviation_from_committed", worst, "≤ 1 (fraction of the tolerance)")
         by_lr = rec["tail_loss_by_lr"]
         assert min(by_lr, key=by_lr.get) == f"{rec['lr']:.3g}"
         ref_path, ref_losses = O.optimize_path(O.torch_contestant(name, rec["lr"]), O.STEPS)
         deviation = (path - ref_path).abs().max().item()
-        assert deviation == pytest.approx(rec["max_abs_deviation_from_torch_optim"], rel=1e-6, abs=1e-300)
         if rec["torch_self_deviation_after_1ulp_nudge"] > 1e-6:
             assert O.tail_loss(losses) == pytest.approx(O.tail_loss(ref_losses), rel=0.01), name
+            assert_reproduces(deviation, rec["max_abs_deviation_from_torch_optim"],
+                              log_space(1.0, why="the gap between two roundings of a chaotic path"),
+                              name=f"optimizers.{name}.max_abs_deviation_from_torch_optim")
             measure(f"rosenbrock.{name}.chaotic_deviation_from_torch", deviation)
         else:
-            assert deviation <= 1e-9, name
+            # Two roundings of the same path: a rounding error (0 on some kernels), so no value to
+            # reproduce; both the recorded and today's gap must be under the bar.
+            assert deviation <= 1e-9 and rec["max_abs_deviation_from_torch_optim"] <= 1e-9, name
             measure(f"rosenbrock.{name}.max_abs_deviation_from_torch", deviation, "≤ 1e-9")
     opts = results["optimizers"]
     # The Hessian at (1, 1) is [[802, −400], [−400, 200]]: eigenvalues (1002 ± √(1002² − 1600)) / 2.
     root = math.sqrt(1002**2 - 4 * 400)
-    assert results["hessian_eigenvalues_at_minimum"] == pytest.approx([(1002 - root) / 2, (1002 + root) / 2], rel=1e-9)
+    # (eigvalsh is backward stable: each eigenvalue is within a few roundings of ‖H‖ ≈ 1002.)
+    assert_reproduces(results["hessian_eigenvalues_at_minimum"], [(1002 - root) / 2, (1002 + root) / 2],
+                      float_ops(8, why="symmetric 2×2 eigenvalues, relative to ‖H‖", abs=float_ops(8).rel * 1002),
+                      name="hessian_eigenvalues_at_minimum")
     # At lr 10^-2.5, ηλ_max = 3.17: inside heavy ball's limit 3.8, outside Nesterov's 1.36.
     assert opts["momentum"]["tail_loss_by_lr"]["0.00316"] < 1e-20
     assert opts["nesterov"]["tail_loss_by_lr"]["0.00316"] > 1e3

@@ -8,7 +8,6 @@ steps of a stable descent; float32 to 1e-5); and training on MNIST works (a smal
 gate, the full five epochs behind ``-m slow``). MNIST comes from day 7's loader.
 """
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import pytest
 import torch
 
 from checks import assert_parity
+from checks.committed import assert_reproduces, statistical
 
 from . import mlp_gradcheck as M
 
@@ -124,14 +124,22 @@ def test_small_training_run_learns(measure):
     assert accuracy > 0.8
 
 
-def test_results_json_is_current(measure):
+# Two float32 implementations of the same training that round differently (ours over numpy's
+# BLAS, the twin over torch's kernels: other summation orders, other FMA use) stay within 4.8e-7
+# of each other over the first 100 steps (results.json's loss_gap): the spread of a rounding
+# change. The post's bar for that agreement, 1e-5, is 20× it.
+FLOAT32_RUN = statistical(1e-5, why="float32 losses of one training run: 20× the spread of another rounding order")
+
+
+def test_results_json_is_current(committed, measure):
     """The post's run is what this code does: the first 20 losses of the 60,000-image training,
     recomputed now from the same initial weights and batches, equal the recorded ones for our
-    engine and for the torch twin (rel 1e-5: float32); the recorded run has the configured
+    engine and for the torch twin (abs 1e-5: float32, 20× the gap between two implementations
+    that round differently); the recorded run has the configured
     number of steps, both runs reach over 96% test accuracy within 0.5% of each other (and
     equal accuracies after the first four epochs), and their losses agree to 1e-5 over the
     first 100 steps."""
-    results = json.loads((HERE / "results.json").read_text())
+    results = committed
     cfg = results["config"]
     assert (cfg["epochs"], cfg["batch_size"], cfg["lr"], cfg["seed"]) == (M.EPOCHS, M.BATCH, M.LR, M.SEED)
     assert cfg["steps"] == M.EPOCHS * -(-cfg["n_train"] // M.BATCH) and cfg["n_train"] == 60_000
@@ -142,8 +150,9 @@ def test_results_json_is_current(measure):
     twin = M.torch_twin(ours)
     a = M.train_ours(ours, sub_x, sub_y, epochs=1, batch_size=M.BATCH, lr=M.LR, seed=None)
     b = M.train_torch(twin, sub_x, sub_y, epochs=1, batch_size=M.BATCH, lr=M.LR, seed=None)
-    assert a.losses == pytest.approx(results["ours"]["first_losses"], rel=1e-5)
-    assert b.losses == pytest.approx(results["torch"]["first_losses"], rel=1e-5)
+    for name, run in (("ours", a), ("torch", b)):
+        worst = assert_reproduces(run.losses, results[name]["first_losses"], FLOAT32_RUN, name=f"{name}.first_losses")
+        measure(f"{name}.first_losses.deviation_from_committed", worst, "≤ 1 (fraction of the tolerance)")
     assert results["ours"]["final_test_accuracy"] > 0.96
     assert abs(results["ours"]["final_test_accuracy"] - results["torch"]["final_test_accuracy"]) < 0.005
     assert results["ours"]["test_accuracy"][:4] == results["torch"]["test_accuracy"][:4]  # the post says so
@@ -153,17 +162,20 @@ def test_results_json_is_current(measure):
 
 
 @pytest.mark.slow
-def test_full_training_reaches_the_headline_accuracy(measure):
+def test_full_training_reaches_the_headline_accuracy(committed, measure):
     """The headline: five epochs of SGD with our engine on all 60,000 training digits reach over
-    96% test accuracy, and reproduce the recorded accuracy to 0.3%."""
-    results = json.loads((HERE / "results.json").read_text())
+    96% test accuracy, and reproduce the recorded accuracy to 0.3% (30 of 10,000 images: 2.5×
+    the 0.12% by which two implementations that round differently ended apart)."""
+    results = committed
     images, labels = M.mnist_arrays("train")
     model = M.MLP(seed=M.SEED)
     run = M.train_ours(model, images, labels, epochs=M.EPOCHS, batch_size=M.BATCH, lr=M.LR, seed=M.SEED,
                        test=M.mnist_arrays("test"))
     measure("slow.test_accuracy", run.test_accuracy[-1], "> 0.96")
     assert run.test_accuracy[-1] > 0.96
-    assert run.test_accuracy[-1] == pytest.approx(results["ours"]["final_test_accuracy"], abs=0.003)
+    assert_reproduces(run.test_accuracy[-1], results["ours"]["final_test_accuracy"],
+                      statistical(0.003, why="a float32 training run: 2.5× ours vs torch's final gap"),
+                      name="ours.final_test_accuracy")
 
 
 @pytest.mark.slow

@@ -7,7 +7,6 @@ a one-dimensional latent model. Float64 with 1e-12 where arithmetic is compared;
 checks use 5 standard errors (a false alarm below 1e-6 per check).
 """
 
-import json
 import math
 from pathlib import Path
 
@@ -214,12 +213,12 @@ def test_short_training_run_improves_the_elbo(measure):
     assert len(history.loss) == 20 and history.val_step == [10, 20]
 
 
-def test_results_json_is_current(measure):
+def test_results_json_is_current(committed, measure):
     """results.json (cited by the post) is consistent: −ELBO = −reconstruction + KL on the test
     set, the bits-per-dimension figure and the gain over the baseline follow from the −ELBO, the
     initialisation comparison shows the collapse the post describes (torch's default init: KL
     below 0.1 nat after 100 steps; He's: above 1), the model is the experiment's, and the figures exist."""
-    results = json.loads((HERE / "results.json").read_text())
+    results = committed
     test = results["test"]
     assert test["loss"] == pytest.approx(test["reconstruction"] + test["kl"], rel=1e-6)  # float32 sums
     assert results["init_comparison"]["torch"]["kl_after"] < 0.1 < 1 < results["init_comparison"]["he"]["kl_after"]

@@ -7,7 +7,6 @@ initialisation (N(0, 0.02), BatchNorm γ ~ N(1, 0.02), β = 0) checked statistic
 losses' closed forms. Float64 and 1e-12 where arithmetic is compared.
 """
 
-import json
 import math
 import random
 from pathlib import Path
@@ -250,11 +249,11 @@ def test_short_training_teaches_the_discriminator(measure):
     assert G.sample(gan, z).mean().item() < start_mean - 0.01
 
 
-def test_results_json_is_current(measure):
+def test_results_json_is_current(committed, measure):
     """results.json (cited by the post) is consistent: the step count is epochs × ⌊n / batch⌋,
     the history has one entry per step, the parameter counts are the experiment's model's, and
     the figures exist."""
-    results = json.loads((HERE / "results.json").read_text())
+    results = committed
     cfg = results["config"]
     assert cfg == {**G.EXPERIMENT, "channels": list(G.EXPERIMENT["channels"])}
     steps = cfg["epochs"] * (cfg["n_train"] // cfg["batch_size"])

@@ -8,7 +8,6 @@ small hand-built MDPs. Behavioural bars (Sutton & Barto's Figures 2.2–2.5) are
 source and a margin measured over 2000 problems.
 """
 
-import json
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,6 +18,7 @@ import torch
 from scipy import integrate, stats
 
 from checks import assert_parity
+from checks.committed import assert_reproduces, float_ops
 
 from . import bandits as B
 
@@ -50,9 +50,13 @@ def test_testbed_draws_from_the_stated_distributions(measure):
 
 def test_oracle_earns_the_expected_maximum(measure):
     """The oracle has zero regret and earns E[max of 10 N(0, 1)] = ∫ x·10φ(x)Φ(x)⁹ dx (scipy quad)
-    within 4 standard errors, and the module's constant is that integral."""
-    exact, _ = integrate.quad(lambda x: x * 10 * stats.norm.pdf(x) * stats.norm.cdf(x) ** 9, -np.inf, np.inf)
-    assert B.EXPECTED_MAX_OF_10_NORMALS == pytest.approx(exact, abs=1e-12)
+    within 4 standard errors, and the module's constant is that integral (a float copied from a
+    run of quad: float_ops over quad's weighted sum of its ~400 integrand values, ~16 roundings each)."""
+    exact, _, info = integrate.quad(lambda x: x * 10 * stats.norm.pdf(x) * stats.norm.cdf(x) ** 9, -np.inf, np.inf,
+                                    full_output=1)
+    assert_reproduces(exact, B.EXPECTED_MAX_OF_10_NORMALS,
+                      float_ops(info["neval"] + 16, why="a Gauss–Kronrod sum of the integrand's values"),
+                      name="EXPECTED_MAX_OF_10_NORMALS")
     bed = B.KArmedTestbed(4000, seed=12)
     run = B.run_bandit(B.Oracle(bed), bed, 50, seed=0)
     per_problem = run.rewards.mean(axis=0)
@@ -351,16 +355,29 @@ def test_policy_matrix_validation():
         B.as_policy_matrix(np.full((2, 3), 0.5), 2, 3)
 
 
-def test_results_json_is_current(measure):
+def test_results_json_is_current(committed, measure):
     """The post's policy-evaluation numbers are recomputed now (exact V of the uniform policy on
     FrozenLake, the iteration count, exact-vs-iterative agreement); the recorded testbed runs show
-    what the post says (the same orderings as the behaviour test); the figures exist."""
-    results = json.loads((HERE / "results.json").read_text())
+    what the post says (the same orderings as the behaviour test); the figures exist. V is one
+    LU solve of (I − γP_π) V = r_π on the 11 live states: ~11 roundings per entry, amplified by
+    κ∞(I − γP_π) ≤ (1 + γ)/(1 − γ) = 19 for a stochastic P_π, relative to max|V|. The iteration
+    count is exact: the stopping test max|ΔV| < 1e-12 is passed and failed with margins far above
+    the rounding of ΔV (≈ u·max|V| ≈ 1e-16)."""
+    results = committed
     lake = results["frozen_lake"]
     mdp = B.mdp_from_gymnasium(gym.make("FrozenLake-v1"), lake["gamma"])
     pi = np.full((16, 4), 0.25)
-    assert_parity(B.policy_evaluation_exact(mdp, pi), lake["V_exact"], atol=1e-12)
+    V = B.policy_evaluation_exact(mdp, pi)
+    kappa = (1 + lake["gamma"]) / (1 - lake["gamma"])
+    live = int((~mdp.terminal).sum())
+    n = live * round(kappa)
+    solve = float_ops(n, why=f"a {live}×{live} LU solve, κ∞ ≤ {kappa:.0f}, relative to max|V|",
+                      abs=float_ops(n).rel * np.abs(V).max())
+    worst = assert_reproduces(V, lake["V_exact"], solve, name="V_exact")
+    measure("frozen_lake.V_exact.deviation_from_committed", worst, "≤ 1 (fraction of the tolerance)")
     _, history = B.policy_evaluation_iterative(mdp, pi, tol=1e-12)
+    steps = [np.abs(b - a).max() for a, b in zip(history[:-1], history[1:])]
+    assert steps[-2] > 1e-12 * (1 + 1e-3) and steps[-1] < 1e-12 * (1 - 1e-3)  # the margin of the count
     assert len(history) - 1 == lake["iterations"]
     assert lake["max_abs_diff_exact_vs_iterative"] < 1e-10 and abs(lake["z_monte_carlo_vs_exact"]) < 4
     recorded = results["testbed"]["agents"]

@@ -167,11 +167,11 @@ def test_dqn_learns_each_probes_exact_q_values(name, measure):
     assert run.n_target_syncs == run.n_updates // 20 > 0
 
 
-def test_results_json_is_current(measure):
+def test_results_json_is_current(committed, measure):
     """results.json came from this configuration (ARENA's CartPole hyper-parameters): every probe
     within tolerance, each seed's `solved` flag is its greedy mean ≥ 475, the headline seed solved
     CartPole; the figures exist."""
-    results = json.loads((HERE / "results.json").read_text())
+    results = committed
     for name, probe in results["probes"].items():
         assert probe["max_abs_err"] <= D.PROBE_TOLERANCE[name]
     cart = results["cartpole"]
