@@ -13,10 +13,9 @@ Every figure and number in the report names the model it came from (``ModelSpec.
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
-from checks.models import load_gpt2_small, random_gpt2, smollm2_hooked
+from checks.models import hooked_model
 
 __all__ = ["MODELS", "ModelSpec", "load"]
 
@@ -35,15 +34,10 @@ MODELS = {
 }
 
 
-@functools.lru_cache(maxsize=None)
 def load(name: str = "gpt2"):
-    """The HookedTransformer called ``name`` (see MODELS), in eval mode, memoised per process.
-
-    Callers that change weights in place (gradient checks, symmetry tests) must restore them."""
+    """The HookedTransformer called ``name`` (see MODELS), in eval mode, memoised per process
+    (checks.models.hooked_model). Callers that change weights in place (gradient checks,
+    symmetry tests) must restore them."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}")
-    if name == "gpt2":
-        return load_gpt2_small()
-    if name == "gpt2-random":
-        return random_gpt2()[0]
-    return smollm2_hooked()
+    return hooked_model(name)

@@ -12,6 +12,10 @@
   cache and reloads in well under a second with identical logits.
 
 Every loader is memoised per process: days and tests call them freely.
+
+Analyses take their model **by name** (``hooked_model(name)``, ``hf_model(name)``): here
+``"smollm2"``, ``"gpt2-random"`` or ``"gpt2"``; on a machine with internet any TransformerLens or
+Hugging Face Hub name (ARENA's Llama, Gemma, Qwen, GPT-J models) runs the same code.
 """
 
 from __future__ import annotations
@@ -26,8 +30,8 @@ import torch
 
 from .assets import cache_dir, resolve
 
-__all__ = ["SMOLLM2_CHAT_EXAMPLE", "gpt2_config", "gpt2_tokenizer", "load_gpt2_small", "random_gpt2",
-           "smollm2", "smollm2_hooked"]
+__all__ = ["LOCAL_MODELS", "ModelUnavailable", "SMOLLM2_CHAT_EXAMPLE", "gpt2_config", "gpt2_tokenizer", "hf_model",
+           "hooked_model", "load_gpt2_small", "random_gpt2", "smollm2", "smollm2_hooked"]
 
 
 @functools.lru_cache(maxsize=1)
@@ -168,3 +172,47 @@ def smollm2_hooked():
     except OSError:
         pass  # a read-only cache only costs speed
     return model.eval()
+
+
+# ---------------------------------------------------------------- models by name
+
+LOCAL_MODELS = ("smollm2", "gpt2-random")   # what loads on a machine without the Hub
+
+
+class ModelUnavailable(RuntimeError):
+    """A model name that neither this machine nor the Hub can provide (offline)."""
+
+
+def _from_hub(name: str, load):
+    try:
+        return load()
+    except (OSError, ValueError) as exc:
+        raise ModelUnavailable(f"model {name!r} is not available here ({type(exc).__name__}: {exc}); "
+                               f"offline, use one of {', '.join(LOCAL_MODELS)}") from exc
+
+
+@functools.lru_cache(maxsize=None)
+def hooked_model(name: str = "smollm2"):
+    """A HookedTransformer by name, eval mode, memoised: 'smollm2', 'gpt2-random' (GPT-2 small's
+    shape, random weights), or any name ``HookedTransformer.from_pretrained`` knows (with internet).
+
+    Callers that change weights in place must restore them."""
+    if name == "smollm2":
+        return smollm2_hooked()
+    if name == "gpt2-random":
+        return random_gpt2()[0]
+    from transformer_lens import HookedTransformer
+
+    return _from_hub(name, lambda: HookedTransformer.from_pretrained(name).eval())
+
+
+@functools.lru_cache(maxsize=None)
+def hf_model(name: str = "smollm2"):
+    """(AutoModelForCausalLM in float32, eval mode; tokenizer) by name: 'smollm2' from the shared
+    asset, else a Hugging Face Hub id (with internet)."""
+    if name == "smollm2":
+        return smollm2()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return _from_hub(name, lambda: (AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32).eval(),
+                                    AutoTokenizer.from_pretrained(name)))

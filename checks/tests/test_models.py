@@ -1,5 +1,7 @@
 """checks.models: the shared GPT-2-shaped and SmolLM2 models load offline and agree with Hugging Face."""
 
+import os
+
 import pytest
 import torch
 
@@ -51,3 +53,16 @@ def test_smollm2_answers_and_hooked_matches_hf(measure):
         ours = hooked(ids).log_softmax(-1)
     measure.parity(assert_parity(ours, ref, atol=1e-3, name="smollm2_tl_vs_hf_logprobs"))
     assert torch.equal(ours.argmax(-1), ref.argmax(-1))
+
+
+@pytest.mark.asset("smollm2-135m-instruct")
+def test_models_by_name_are_the_memoised_loaders():
+    """Analyses take a model by name: 'smollm2' and 'gpt2-random' are the local ones (memoised,
+    the same objects as the loaders'), and any other name goes to the Hub: offline, that is a
+    clear ModelUnavailable naming the local choices."""
+    assert M.hooked_model("smollm2") is M.smollm2_hooked()
+    assert M.hf_model("smollm2") == M.smollm2()
+    assert M.hooked_model("gpt2-random").cfg.d_model == 768
+    if os.environ.get("HF_HUB_OFFLINE"):
+        with pytest.raises(M.ModelUnavailable, match="offline, use one of smollm2, gpt2-random"):
+            M.hf_model("no-such-org/no-such-model")
