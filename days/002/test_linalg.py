@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from checks import assert_parity
-from checks.committed import assert_reproduces, float_ops, log_space
+from checks.committed import assert_reproduces, exact, float_ops, log_space
 
 from . import linalg as L
 
@@ -107,6 +107,33 @@ def test_normal_equations_square_the_condition_number(measure):
     assert err_ne > 100 * err_qr
 
 
+def test_lstsq_sweep_reproduces_the_posts_curve(committed, measure):
+    """The post's least-squares experiment (@fig-lstsq and lstsq_at_1e6) is what lstsq_sweep
+    computes now: the same 9 condition numbers 1 … 1e8 (exact), and at each the relative errors
+    of QR and of the normal equations. Those errors are accumulated rounding, so only their order
+    of magnitude reproduces (log space): over 12 other random systems of the same condition their
+    log10 spans at most 1.04 decades (QR and normal equations alike), so 1.1 decades is allowed.
+    Past κ ≈ 1e8 AᵀA is singular to working precision, as the post says: at κ = 1e10 and 1e12
+    the Cholesky factorisation raises (in 30 of 30 random systems each; at 1e9, 27 of 30)."""
+    sweep = L.lstsq_sweep()
+    assert_reproduces([r["cond"] for r in sweep], [r["cond"] for r in committed["lstsq"]],
+                      exact("the conditions are the constants 10**e"), name="lstsq.cond")
+    rounding = log_space(1.1, why="a rounding error's order of magnitude: ≤ 1.04 decades across systems")
+    worst = 0.0
+    for name in ("qr", "normal_equations"):
+        worst = max(worst, assert_reproduces([r[name] for r in sweep], [r[name] for r in committed["lstsq"]],
+                                             rounding, name=f"lstsq.{name}"))
+    at_1e6 = next(r for r in sweep if r["cond"] == 1e6)
+    assert_reproduces({k: at_1e6[k] for k in ("qr", "normal_equations")}, committed["lstsq_at_1e6"], rounding,
+                      name="lstsq_at_1e6")
+    assert at_1e6["normal_equations"] > 100 * at_1e6["qr"]
+    measure("lstsq.decades_from_committed", worst, "≤ 1.1")
+    for cond in (1e10, 1e12):
+        A = L.matrix_with_condition(60, 30, cond, gen(7))
+        with pytest.raises(torch.linalg.LinAlgError):
+            L.lstsq_normal_equations(A, A @ torch.ones(30, dtype=torch.float64))
+
+
 def test_eckart_young_closed_forms(measure):
     """‖A − A_k‖_F = sqrt(Σ_{i>k} σ_i²) and ‖A − A_k‖₂ = σ_{k+1}, with σ from torch.linalg.svdvals."""
     A = torch.randn(30, 20, generator=gen(), dtype=torch.float64)
@@ -169,8 +196,9 @@ def test_pseudo_inverse_matches_torch_and_penrose_conditions():
 
 
 def test_results_json_is_current(committed, measure):
-    """The post's numbers are reproduced now: the image-compression errors (and their agreement
-    with Eckart–Young) and the orthogonality losses at κ = 1e8 equal results.json. The errors come
+    """The post's numbers are reproduced now: the image-compression errors, Eckart–Young's
+    predictions and their largest gap, the storage fractions (also recounted from the SVD's
+    factors) and the orthogonality losses at κ = 1e8 equal results.json. The errors come
     from a backward-stable SVD of the 427×640 image, accurate to about max(m, n)·u relative to
     ‖A‖ (float_ops(640) as an absolute bound on errors relative to ‖A‖_F). The orthogonality
     losses are accumulated rounding errors themselves, so only their order of magnitude
@@ -183,11 +211,26 @@ def test_results_json_is_current(committed, measure):
     # may move by that much in absolute terms.
     svd = float_ops(640, why="backward-stable SVD of a 427×640 matrix, relative to ‖A‖", abs=float_ops(640).rel)
     worst = 0.0
-    for now, recorded in zip(L.image_compression(image), results["compression"], strict=True):
-        assert now["k"] == recorded["k"]
-        worst = max(worst, assert_reproduces(now["relative_error"], recorded["relative_error"], svd,
-                                             name=f"compression[k={now['k']}].relative_error"))
+    compression = L.image_compression(image)
+    U, S, Vh = torch.linalg.svd(image, full_matrices=False)
+    for now, recorded in zip(compression, results["compression"], strict=True):
+        k = now["k"]
+        assert k == recorded["k"]
+        for key in ("relative_error", "predicted"):
+            worst = max(worst, assert_reproduces(now[key], recorded[key], svd, name=f"compression[k={k}].{key}"))
         assert abs(now["relative_error"] - now["predicted"]) < 1e-12
+        # Storage: the numbers a rank-k SVD keeps (U[:, :k], σ_1..σ_k, V[:k]) over the image's
+        # pixels, counted from the factors themselves; one division, so float_ops(1).
+        kept = U[:, :k].numel() + S[:k].numel() + Vh[:k].numel()
+        assert_reproduces(now["storage_fraction"], kept / image.numel(), float_ops(1), name=f"storage_fraction[k={k}]")
+        assert_reproduces(now["storage_fraction"], recorded["storage_fraction"], float_ops(1),
+                          name=f"compression[k={k}].storage_fraction")
+    assert_reproduces({str(r["k"]): r for r in compression}, results["compression_by_rank"], svd,
+                      name="compression_by_rank")  # storage fractions there: exact up to one division, within svd
+    gap = max(abs(r["relative_error"] - r["predicted"]) for r in compression)
+    # Both terms are relative errors accurate to 640·u·‖A‖ (above), so their gap is a rounding
+    # error of that size: the same absolute bound, not a relative one.
+    assert_reproduces(gap, results["max_abs_gap_measured_vs_eckart_young"], svd, name="max_abs_gap_measured_vs_eckart_young")
     measure("compression.deviation_from_committed", worst, "≤ 1 (fraction of the tolerance)")
     sweep = {r["cond"]: r for r in L.orthogonality_sweep()}
     for name, value in results["orthogonality_at_1e8"].items():

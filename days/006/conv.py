@@ -13,6 +13,9 @@ with stride s and x_pad the input padded by P zeros on each side, so the output 
    generalised to several axes);
 2. one einsum "b c i j p q, o c p q -> b o i j".
 
+Before the convolution, ARENA's ``as_strided`` warm-ups: a trace, a matrix–vector and a
+matrix–matrix product from views alone (``as_strided_trace``, ``as_strided_mv``, ``as_strided_mm``).
+
 Max pooling is the same view with a max over (p, q) instead of a weighted sum, after padding with
 −∞. On top: the ``nn.Module`` layers ARENA builds (ReLU, Linear, Flatten, Conv2d, MaxPool2d,
 BatchNorm2d, Sequential), whose parameters and buffers are named like torch.nn's, so a torch
@@ -44,6 +47,45 @@ def pair(v: IntOrPair) -> tuple[int, int]:
     if len(v) != 2:
         raise ValueError(f"expected an int or a pair, got {v!r}")
     return (int(v[0]), int(v[1]))
+
+
+# ---------------------------------------------------------------- as_strided warm-ups (ARENA part 1)
+#
+# Linear algebra with nothing but views: a view with a stride of 0 repeats a row or a column
+# without copying it, and a stride of s₀ + s₁ walks the diagonal. Every stride is read from the
+# input (``mat.stride()``, ``mat.storage_offset()``), never assumed, so a transposed matrix or a
+# strided slice of a bigger buffer works as well as a fresh contiguous one.
+
+
+def as_strided_trace(mat: Float[Tensor, "i j"]) -> Float[Tensor, ""]:
+    """tr M = Σ_i M[i, i]: the diagonal is the view of size (n,) whose one step moves one row
+    down and one column right, i.e. stride s₀ + s₁."""
+    if mat.dim() != 2 or mat.size(0) != mat.size(1):
+        raise ValueError(f"the trace needs a square matrix, got shape {tuple(mat.shape)}")
+    s0, s1 = mat.stride()
+    return mat.as_strided((mat.size(0),), (s0 + s1,), mat.storage_offset()).sum()
+
+
+def as_strided_mv(mat: Float[Tensor, "i j"], vec: Float[Tensor, "j"]) -> Float[Tensor, "i"]:
+    """(M v)_i = Σ_j M[i, j] v[j]: v viewed as an (i, j) matrix with stride (0, v's stride), i.e.
+    the same row i times without a copy, multiplied elementwise by M and summed over j."""
+    if mat.dim() != 2 or vec.dim() != 1 or mat.size(1) != vec.size(0):
+        raise ValueError(f"mat{list(mat.shape)} and vec{list(vec.shape)} are not compatible for multiplication")
+    rows = vec.as_strided(tuple(mat.shape), (0, vec.stride(0)), vec.storage_offset())
+    return (mat * rows).sum(1)
+
+
+def as_strided_mm(matA: Float[Tensor, "i k"], matB: Float[Tensor, "k j"]) -> Float[Tensor, "i j"]:
+    """(A B)_ij = Σ_k A[i, k] B[k, j]: A viewed as (i, k, j) with stride 0 along j, B viewed as
+    (i, k, j) with stride 0 along i, multiplied elementwise and summed over k."""
+    if matA.dim() != 2 or matB.dim() != 2 or matA.size(1) != matB.size(0):
+        raise ValueError(f"matA{list(matA.shape)} and matB{list(matB.shape)} are not compatible for multiplication")
+    (i, k), j = matA.shape, matB.size(1)
+    a0, a1 = matA.stride()
+    b0, b1 = matB.stride()
+    a = matA.as_strided((i, k, j), (a0, a1, 0), matA.storage_offset())
+    b = matB.as_strided((i, k, j), (0, b0, b1), matB.storage_offset())
+    return (a * b).sum(1)
 
 
 # ---------------------------------------------------------------- padding and windows

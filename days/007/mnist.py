@@ -8,6 +8,7 @@
 
   Images are 0x00000803 (N, 28, 28), labels 0x00000801 (N,). The header is checked against the
   file's length, so a truncated or padded file is an error, not a silent misread.
+- ``SimpleMLP``: ARENA's first model, flatten → linear(784→100) → ReLU → linear(100→10).
 - ``ConvNet``: ARENA's classifier built from day 6's modules,
   conv(1→32, 3×3, pad 1) → ReLU → maxpool 2 → conv(32→64) → ReLU → maxpool 2 → flatten →
   linear(3136→128) → ReLU → linear(128→10).
@@ -106,6 +107,21 @@ def load_mnist(split: str = "train", limit: int | None = None) -> tuple[Float[Te
 # ---------------------------------------------------------------- the model
 
 nn6 = import_module("days.006.conv")
+
+
+class SimpleMLP(torch.nn.Module):
+    """ARENA's first MNIST model, from day 6's layers: (1, 28, 28) → flatten 784 → linear 100 →
+    ReLU → linear 10 (logits); (784 + 1)·100 + (100 + 1)·10 = 79 510 parameters."""
+
+    def __init__(self):
+        super().__init__()
+        self.flatten = nn6.Flatten()
+        self.linear1 = nn6.Linear(28 * 28, 100)
+        self.relu = nn6.ReLU()
+        self.linear2 = nn6.Linear(100, 10)
+
+    def forward(self, x: Float[Tensor, "b 1 28 28"]) -> Float[Tensor, "b 10"]:
+        return self.linear2(self.relu(self.linear1(self.flatten(x))))
 
 
 class ConvNet(nn6.Sequential):

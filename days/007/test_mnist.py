@@ -109,6 +109,49 @@ def test_convnet_equals_its_torch_nn_twin():
         (9 + 1) * 16 + (16 * 9 + 1) * 32 + (32 * 49 + 1) * 64 + (64 + 1) * 10
 
 
+def test_simple_mlp_is_arenas_and_equals_an_nn_sequential(measure):
+    """ARENA 0.2 "Training loop": SimpleMLP is flatten → Linear(28·28, 100) → ReLU → Linear(100, 10)
+    with submodules named flatten, linear1, relu, linear2 as in ARENA, and (784 + 1)·100 +
+    (100 + 1)·10 = 79 510 parameters (the closed form). With the same weights copied in, its logits
+    and every parameter's gradient equal those of nn.Sequential(nn.Flatten(), nn.Linear(784, 100),
+    nn.ReLU(), nn.Linear(100, 10)) on a batch of (b, 1, 28, 28) images (float64, atol 1e-12: sums
+    of ≤ 784 products of O(1) values round at ~1e-13)."""
+    model = M.SimpleMLP().double()
+    assert [name for name, _ in model.named_children()] == ["flatten", "linear1", "relu", "linear2"]
+    n_params = sum(p.numel() for p in model.parameters())
+    measure("simple_mlp.n_parameters", n_params, "= (784 + 1)·100 + (100 + 1)·10")
+    assert n_params == (28 * 28 + 1) * 100 + (100 + 1) * 10 == 79_510
+    twin = nn.Sequential(nn.Flatten(), nn.Linear(784, 100), nn.ReLU(), nn.Linear(100, 10)).double()
+    twin.load_state_dict({"1.weight": model.linear1.weight, "1.bias": model.linear1.bias,
+                          "3.weight": model.linear2.weight, "3.bias": model.linear2.bias}, strict=True)
+    x = torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(5), dtype=torch.float64) - 0.5
+    out, ref = model(x), twin(x)
+    assert out.shape == (6, 10)
+    report = assert_parity(out, ref, atol=1e-12, name="SimpleMLP logits")
+    measure("simple_mlp.max_abs_err", report.max_abs_err, "≤ 1e-12")
+    cot = torch.randn(6, 10, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    (out * cot).sum().backward()
+    (ref * cot).sum().backward()
+    pairs = [(model.linear1.weight, twin[1].weight), (model.linear1.bias, twin[1].bias),
+             (model.linear2.weight, twin[3].weight), (model.linear2.bias, twin[3].bias)]
+    for ours, theirs in pairs:
+        assert_parity(ours.grad, theirs.grad, atol=1e-12)
+
+
+@pytest.mark.asset("mnist")
+def test_simple_mlp_trains_with_the_training_loop(measure):
+    """ARENA trains SimpleMLP first: three epochs of the day's loop (Adam at ARENA's 1e-3, batch
+    64, 96 steps) on 2 000 MNIST digits take it to ≥ 80% on 1 000 unseen test digits (chance: 10%;
+    seeds 0–2 all reach 84.0%)."""
+    torch.manual_seed(0)
+    model = M.SimpleMLP()
+    train_data, val_data = M.split_train_val(200, limit=2_200, seed=0)
+    M.train(model, train_data, val_data, M.TrainConfig(epochs=3, batch_size=64, lr=1e-3, eval_every=1000, seed=0))
+    _, accuracy = M.evaluate(model, *M.load_mnist("test", limit=1_000))
+    measure("simple_mlp.short_run.test_accuracy", accuracy, "≥ 0.80")
+    assert accuracy >= 0.80
+
+
 def test_evaluation_metrics_match_torch_and_sklearn():
     """evaluate's loss is F.cross_entropy's mean and its accuracy sklearn's accuracy_score, across
     uneven batches; the confusion matrix equals sklearn's; evaluation restores training mode."""

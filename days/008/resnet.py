@@ -11,7 +11,8 @@ S = BN ∘ conv1×1(stride s). Blocks are stacked into groups; ResNet34 is
 
 with 21 797 672 parameters, torchvision's figure. Everything is built from day 6's layers. For
 32×32 CIFAR images the stem can be the CIFAR one of He et al. (conv 3×3 stride 1, no max pool).
-Also here: a loader for CIFAR-10's official python-pickle batches, and a training run on it.
+Also here: ARENA's ``get_resnet_for_feature_extraction`` (a frozen ResNet34 with a new trainable
+head), a loader for CIFAR-10's official python-pickle batches, and a training run on it.
 """
 
 from __future__ import annotations
@@ -150,6 +151,26 @@ def load_torchvision_state_dict(model: ResNet, state_dict: dict[str, Tensor]) ->
     if missing or unexpected:
         raise KeyError(f"missing {sorted(missing)[:5]}…, unexpected {sorted(unexpected)[:5]}…")
     model.load_state_dict({ours[k]: v for k, v in state_dict.items()}, strict=True)
+
+
+def get_resnet_for_feature_extraction(n_classes: int, weights: str | Path | None = None) -> ResNet:
+    """ARENA's feature extractor: a ResNet34 whose parameters are all frozen, with its final layer
+    replaced by a new, trainable Linear(512, n_classes), so that training fits only that head.
+
+    ``weights`` is the path of a torchvision-style ResNet34 state_dict saved with ``torch.save``
+    (on a machine with internet, torchvision's ImageNet weights:
+    ``torch.save(torchvision.models.resnet34(weights="IMAGENET1K_V1").state_dict(), path)``);
+    it is loaded by name with ``load_torchvision_state_dict``. ``None`` keeps random weights
+    (what the gate tests, and all this machine has). Freezing covers parameters only: in training
+    mode BatchNorm still updates its running statistics, so put the model in eval mode for a
+    backbone that does not move at all.
+    """
+    model = resnet34()
+    if weights is not None:
+        load_torchvision_state_dict(model, torch.load(weights, map_location="cpu", weights_only=True))
+    model.requires_grad_(False)
+    model.out_layers.add_module("1", L.Linear(model.out_layers[1].in_features, n_classes))  # trainable
+    return model
 
 
 # ---------------------------------------------------------------- CIFAR-10

@@ -55,6 +55,9 @@ STAGES = {  # torchvision resnet34: conv1+bn1, layer1..layer4 ([3, 4, 6, 3] basi
 }
 
 
+STAGES_WITHOUT_FC = sum(v for k, v in STAGES.items() if k != "fc")  # the frozen backbone: 21 284 672
+
+
 class TVBasicBlock(nn.Module):
     """torchvision's BasicBlock, rewritten with torch.nn (same attribute names, same order)."""
 
@@ -173,6 +176,79 @@ def test_torchvision_names_are_strict():
     state.pop("fc.bias")
     with pytest.raises(KeyError, match="missing"):
         R.load_torchvision_state_dict(model, state)
+
+
+# ---------------------------------------------------------------- feature extraction (ARENA's finetuning)
+
+
+@pytest.mark.parametrize("n_classes", [10, 3])
+def test_feature_extraction_trains_only_the_new_head(n_classes, measure):
+    """ARENA's get_resnet_for_feature_extraction: a ResNet34 with every parameter frozen and the
+    final layer replaced by a new trainable Linear(512, n_classes). Here on random weights (no
+    weights path): exactly the head's 512·n + n parameters require a gradient, the logits have
+    shape (b, n), and one optimiser step over *all* parameters (SGD, lr 0.1) after a backward
+    pass changes the head and leaves every other parameter bit-identical (they get no gradient).
+    In training mode BatchNorm's running statistics, buffers rather than parameters, still move,
+    as in ARENA's; in eval mode nothing outside the head changes at all."""
+    torch.manual_seed(20)
+    model = R.get_resnet_for_feature_extraction(n_classes)
+    head = model.out_layers[-1]
+    assert isinstance(head, R.L.Linear) and (head.in_features, head.out_features) == (512, n_classes)
+    trainable = {name: p.numel() for name, p in model.named_parameters() if p.requires_grad}
+    assert set(trainable) == {"out_layers.1.weight", "out_layers.1.bias"}
+    assert sum(trainable.values()) == 512 * n_classes + n_classes
+    assert n_params(model) - sum(trainable.values()) == STAGES_WITHOUT_FC
+    measure(f"feature_extraction.n{n_classes}.trainable", sum(trainable.values()), f"= 512·{n_classes} + {n_classes}")
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(21))
+    y = torch.tensor([0, n_classes - 1])
+    for mode in ("train", "eval"):
+        model.train(mode == "train")
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        logits = model(x)
+        assert logits.shape == (2, n_classes)
+        optimizer.zero_grad()
+        F.cross_entropy(logits, y).backward()
+        optimizer.step()
+        assert all(p.grad is None for name, p in model.named_parameters() if name not in trainable)
+        after = model.state_dict()
+        changed = {k for k in before if not torch.equal(before[k], after[k])}
+        head_keys = {"out_layers.1.weight", "out_layers.1.bias"}
+        bn_buffers = {k for k in before if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+        if mode == "train":
+            assert head_keys <= changed <= head_keys | bn_buffers and changed & bn_buffers
+        else:
+            assert changed == head_keys
+
+
+def test_feature_extraction_loads_torchvision_weights_from_a_path(tmp_path, measure):
+    """The real path, with a file in torchvision's format: a ResNet34 state_dict saved with
+    torch.save (here the torchvision-shaped twin's, randomised; for a user with internet,
+    torchvision's ImageNet weights). Every backbone tensor is loaded by name, the 1000-class fc
+    is replaced by a new Linear(512, n), and the features entering the head equal the twin's
+    pooled features (eval mode, float64, atol 1e-10 as above)."""
+    torch.manual_seed(22)
+    twin = TVResNet34()
+    randomise_batchnorms(twin, 22)
+    path = tmp_path / "resnet34_torchvision.pth"
+    torch.save(twin.state_dict(), path)
+    model = R.get_resnet_for_feature_extraction(7, weights=path)
+    twin_state = twin.state_dict()
+    for key, value in model.state_dict().items():
+        if key.startswith("out_layers.1."):
+            assert value.shape[0] == 7
+        else:
+            assert torch.equal(value, twin_state[R.torchvision_key(key)]), key
+    model.double().eval()
+    twin.double().eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(23), dtype=torch.float64)
+    ours = model.out_layers[0](model.residual_layers(model.in_layers(x)))
+    h = twin.maxpool(twin.relu(twin.bn1(twin.conv1(x))))
+    for index in range(1, 5):
+        h = getattr(twin, f"layer{index}")(h)
+    report = assert_parity(ours, torch.flatten(twin.avgpool(h), 1), atol=1e-10, name="features")
+    measure("feature_extraction.features_vs_twin.max_abs_err", report.max_abs_err, "≤ 1e-10")
+    assert model(x).shape == (2, 7)
 
 
 # ---------------------------------------------------------------- blocks on hand inputs

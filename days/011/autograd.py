@@ -1,6 +1,7 @@
 """Day 11: an autograd engine from scratch, over numpy (ARENA 0.4 Backpropagation).
 
-Reverse-mode automatic differentiation in four pieces:
+First, ARENA's chain rule by hand (``forward_and_back``, from ``log_back``, ``multiply_back0``
+and ``multiply_back1``). Then reverse-mode automatic differentiation in four pieces:
 
 1. **Backward functions.** For y = f(x₁, …, xₙ) and an upstream gradient ḡ = ∂L/∂y, the
    backward function for argument i returns the vector–Jacobian product
@@ -310,6 +311,36 @@ def _binary_back(partial: Callable[[Arr, Arr, Arr, Arr], Arr], position: int) ->
     return back
 
 
+def multiply_back0(grad_out: Arr, out: Arr, x: Arr, y: Arr | float) -> Arr:
+    """∂(x ⊙ y)/∂x = y: the upstream gradient times y, summed back to x's shape where x was broadcast."""
+    return unbroadcast(np.broadcast_to(grad_out * np.asarray(y), out.shape), np.asarray(x))
+
+
+def multiply_back1(grad_out: Arr, out: Arr, x: Arr | float, y: Arr) -> Arr:
+    """∂(x ⊙ y)/∂y = x: the upstream gradient times x, summed back to y's shape where y was broadcast."""
+    return unbroadcast(np.broadcast_to(grad_out * np.asarray(x), out.shape), np.asarray(y))
+
+
+def forward_and_back(a: Arr, b: Arr, c: Arr) -> tuple[Arr, Arr, Arr]:
+    """ARENA's chain rule by hand, before any engine: the graph d = a ⊙ b, e = log c, f = d ⊙ e,
+    g = log f, run forwards, then backwards from ∂g/∂g = 1 one local backward function at a time.
+    Returns (∂g/∂a, ∂g/∂b, ∂g/∂c) of Σ g; c may be broadcast against a ⊙ b (its gradient then
+    sums over the copies). In closed form: 1/a, 1/b and Σ 1/(c log c).
+    """
+    d = a * b
+    e = np.log(c)
+    f = d * e
+    g = np.log(f)
+    dg_dg = np.ones_like(g)
+    dg_df = log_back(dg_dg, g, f)
+    dg_dd = multiply_back0(dg_df, f, d, e)
+    dg_de = multiply_back1(dg_df, f, d, e)
+    dg_da = multiply_back0(dg_dd, d, a, b)
+    dg_db = multiply_back1(dg_dd, d, a, b)
+    dg_dc = log_back(dg_de, e, c)
+    return dg_da, dg_db, dg_dc
+
+
 def _max_back(grad_out: Arr, out: Arr, x: Arr, axis=None, keepdims: bool = False) -> Arr:
     """The gradient of a max flows to the positions that attain it, split evenly among ties
     (what torch.amax does, and a subgradient of the max)."""
@@ -441,8 +472,8 @@ BACK_FUNCS.add_back_func(np.add, 0, _binary_back(lambda g, out, x, y: g, 0))
 BACK_FUNCS.add_back_func(np.add, 1, _binary_back(lambda g, out, x, y: g, 1))
 BACK_FUNCS.add_back_func(np.subtract, 0, _binary_back(lambda g, out, x, y: g, 0))
 BACK_FUNCS.add_back_func(np.subtract, 1, _binary_back(lambda g, out, x, y: -g, 1))
-BACK_FUNCS.add_back_func(np.multiply, 0, _binary_back(lambda g, out, x, y: g * y, 0))
-BACK_FUNCS.add_back_func(np.multiply, 1, _binary_back(lambda g, out, x, y: g * x, 1))
+BACK_FUNCS.add_back_func(np.multiply, 0, multiply_back0)
+BACK_FUNCS.add_back_func(np.multiply, 1, multiply_back1)
 BACK_FUNCS.add_back_func(np.true_divide, 0, _binary_back(lambda g, out, x, y: g / y, 0))
 BACK_FUNCS.add_back_func(np.true_divide, 1, _binary_back(lambda g, out, x, y: -g * x / y**2, 1))
 BACK_FUNCS.add_back_func(np.power, 0, _binary_back(lambda g, out, x, y: g * y * x ** (y - 1), 0))
@@ -651,35 +682,48 @@ def difference_errors(epsilons: list[float], seed: int = 0) -> dict[str, list[fl
     return {"central": central, "forward": forward}
 
 
-def benchmark(widths: tuple[int, ...] = (8, 32, 128, 512, 2048), batch: int = 64, repeats: int = 20) -> list[dict]:
-    """Seconds per forward + backward of a 3-layer MLP (64 → w → w → 10, batch 64, float32):
-    our engine against torch.autograd, both on one thread (numpy's BLAS and torch's)."""
+def benchmark_pair(width: int, batch: int = 64, seed: int = 0):
+    """The two functions ``benchmark`` times, for a 64 → w → w → 10 MLP (float32) with the same
+    weights in our engine and in torch: ``ours()`` and ``reference()`` each run one forward and
+    backward pass of Σ softplus(MLP(x)) and return the loss (gradients accumulate on the
+    parameters). Also returns both sets of layers, so their gradients can be compared."""
     import torch
 
+    rng = np.random.default_rng(seed)
+    layers = [Linear(64, width, rng=rng), Linear(width, width, rng=rng), Linear(width, 10, rng=rng)]
+    x = Tensor(rng.normal(size=(batch, 64)).astype(np.float32))
+    torch_layers = [torch.nn.Linear(l.in_features, l.out_features) for l in layers]
+    with torch.no_grad():
+        for t, l in zip(torch_layers, layers):
+            t.weight.copy_(torch.from_numpy(l.weight.array))
+            t.bias.copy_(torch.from_numpy(l.bias.array))
+    xt = torch.from_numpy(x.array)
+
+    def ours():
+        loss = _mlp_loss(x, layers)
+        loss.backward()
+        return loss.array
+
+    def reference():
+        h = xt
+        for i, t in enumerate(torch_layers):
+            h = t(h)
+            if i < 2:
+                h = torch.relu(h)
+        loss = torch.nn.functional.softplus(h).sum()
+        loss.backward()
+        return loss
+
+    return ours, reference, layers, torch_layers
+
+
+def benchmark(widths: tuple[int, ...] = (8, 32, 128, 512, 2048), batch: int = 64, repeats: int = 20) -> list[dict]:
+    """Seconds per forward + backward of a 3-layer MLP (64 → w → w → 10, batch 64, float32):
+    our engine against torch.autograd (``benchmark_pair``), both on one thread (numpy's BLAS and torch's)."""
     rows = []
     with single_thread():
         for w in widths:
-            rng = np.random.default_rng(0)
-            layers = [Linear(64, w, rng=rng), Linear(w, w, rng=rng), Linear(w, 10, rng=rng)]
-            x = Tensor(rng.normal(size=(batch, 64)).astype(np.float32))
-            torch_layers = [torch.nn.Linear(l.in_features, l.out_features) for l in layers]
-            with torch.no_grad():
-                for t, l in zip(torch_layers, layers):
-                    t.weight.copy_(torch.from_numpy(l.weight.array))
-                    t.bias.copy_(torch.from_numpy(l.bias.array))
-            xt = torch.from_numpy(x.array)
-
-            def ours():
-                _mlp_loss(x, layers).backward()
-
-            def reference():
-                h = xt
-                for i, t in enumerate(torch_layers):
-                    h = t(h)
-                    if i < 2:
-                        h = torch.relu(h)
-                torch.nn.functional.softplus(h).sum().backward()
-
+            ours, reference, layers, _ = benchmark_pair(w, batch)
             rows.append({"width": w, "params": int(builtins.sum(p.numel() for l in layers for p in l.parameters())),
                          "ours_s": best_time(ours, repeats), "torch_s": best_time(reference, repeats)})
     for row in rows:

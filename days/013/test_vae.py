@@ -27,6 +27,71 @@ def rand(*shape, seed=0):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
 
+# ---------------------------------------------------------------- the plain autoencoder (ARENA, before the VAE)
+
+
+def test_autoencoder_shapes_and_its_torch_nn_twin():
+    """ARENA's Autoencoder(latent_dim_size, hidden_dim_size): the encoder maps a (b, 1, 28, 28)
+    batch to a point z of shape (b, latent) (28 → 14 → 7 by 4×4 stride-2 convs, then an MLP), the
+    decoder maps z back to (b, 1, 28, 28) (MLP, 7 → 14 → 28 by upsample + 3×3 conv), and both equal
+    torch.nn twins loaded with the same state_dict (float64, 1e-12)."""
+    torch.manual_seed(30)
+    model = V.Autoencoder(latent_dim_size=5, hidden_dim_size=16, channels=(4, 8)).double()
+    enc = nn.Sequential(nn.Conv2d(1, 4, 4, 2, 1), nn.ReLU(), nn.Conv2d(4, 8, 4, 2, 1), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(392, 16), nn.ReLU(), nn.Linear(16, 5)).double()
+    dec = nn.Sequential(nn.Linear(5, 16), nn.ReLU(), nn.Linear(16, 392), nn.ReLU(), nn.Unflatten(1, (8, 7, 7)),
+                        nn.Upsample(scale_factor=2), nn.Conv2d(8, 4, 3, padding=1), nn.ReLU(),
+                        nn.Upsample(scale_factor=2), nn.Conv2d(4, 1, 3, padding=1)).double()
+    model.encoder.load_state_dict(enc.state_dict(), strict=True)
+    model.decoder.net.load_state_dict(dec.state_dict(), strict=True)
+    x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(31), dtype=torch.float64)
+    z = model.encoder(x)
+    assert z.shape == (3, 5)
+    assert_parity(z, enc(x), atol=1e-12)
+    x_hat = model(x)
+    assert x_hat.shape == x.shape
+    assert_parity(x_hat, dec(enc(x)), atol=1e-12)
+
+
+def test_reconstruction_loss_matches_mse_loss(measure):
+    """The autoencoder's loss is the mean squared error over every pixel of the batch: equal to
+    F.mse_loss in value and in its gradient with respect to the reconstruction (float64, 1e-12)."""
+    x = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(32), dtype=torch.float64)
+    x_hat = rand(4, 1, 28, 28, seed=33)
+    ours, ref = x_hat.clone().requires_grad_(), x_hat.clone().requires_grad_()
+    loss, loss_ref = V.reconstruction_loss(ours, x), F.mse_loss(ref, x)
+    report = assert_parity(loss, loss_ref, atol=1e-12, rtol=1e-12)
+    loss.backward()
+    loss_ref.backward()
+    assert_parity(ours.grad, ref.grad, atol=1e-12)
+    measure("reconstruction_loss.max_abs_err", report.max_abs_err, "≤ 1e-12")
+
+
+@pytest.mark.asset("mnist")
+def test_autoencoder_training_reduces_the_reconstruction_error(measure):
+    """Gate: 60 Adam steps (batches of 32, lr 3e-3) of a small Autoencoder (latent 5, hidden 64,
+    channels 8/16) on 2 560 MNIST digits cut the mean squared error on 500 unseen test digits by
+    over 40% and below that of the best constant output, the training set's mean image: the
+    5-number code carries information about each digit (seeds 0–2: 0.122–0.126 → 0.058–0.060,
+    against 0.065 for the mean image)."""
+    train_images, _ = V.mnist.load_mnist("train", limit=2_560)
+    test_images, _ = V.mnist.load_mnist("test", limit=500)
+    torch.manual_seed(0)
+    model = V.Autoencoder(latent_dim_size=5, hidden_dim_size=64, channels=(8, 16))
+    with torch.no_grad():
+        before = V.reconstruction_loss(model(test_images), test_images).item()
+    losses = V.train_autoencoder(model, train_images, V.mnist.TrainConfig(epochs=1, batch_size=32, lr=3e-3, seed=0),
+                                 max_steps=60)
+    with torch.no_grad():
+        after = V.reconstruction_loss(model(test_images), test_images).item()
+    mean_image = V.reconstruction_loss(train_images.mean(0).expand_as(test_images), test_images).item()
+    measure("autoencoder.short_run.mse_before", before)
+    measure("autoencoder.short_run.mse", after, "< 0.6 × before, < mean-image MSE")
+    measure("autoencoder.short_run.mean_image_mse", mean_image)
+    assert len(losses) == 60
+    assert after < 0.6 * before and after < mean_image
+
+
 # ---------------------------------------------------------------- the probabilistic pieces
 
 

@@ -11,6 +11,9 @@ between Gaussians has a closed form; the reconstruction term is estimated with o
 z = μ + σ·ε, ε ~ N(0, I) (the reparameterisation trick), which makes the estimate differentiable
 in μ and σ.
 
+Before the VAE, ARENA's plain ``Autoencoder``: a deterministic code z = enc(x), trained on the
+mean squared error of dec(z) against x (``reconstruction_loss``, ``train_autoencoder``).
+
 Layers are day 6's; the decoder upsamples by repeating pixels (day 1's ``repeat``) and then
 convolves, instead of ARENA's transposed convolutions (day 14 builds those).
 """
@@ -128,6 +131,55 @@ class Decoder(nn.Module):
 
     def forward(self, z: Float[Tensor, "b d"]) -> Float[Tensor, "b 1 28 28"]:
         return self.net(z)
+
+
+class Autoencoder(nn.Module):
+    """ARENA's plain autoencoder, the step before the VAE: the encoder maps an image to one point
+    z ∈ R^latent (not a distribution), the decoder maps z back to an image, and training
+    minimises the mean squared error between the two (``reconstruction_loss``).
+
+    Encoder: conv 4×4/2 (28 → 14) → ReLU → conv 4×4/2 (14 → 7) → ReLU → flatten → linear to
+    ``hidden_dim_size`` → ReLU → linear to ``latent_dim_size``. Decoder: the VAE's ``Decoder``
+    (upsample + conv where ARENA uses transposed convolutions), read as pixel values, not logits.
+    """
+
+    def __init__(self, latent_dim_size: int = 5, hidden_dim_size: int = 128, channels: tuple[int, int] = (16, 32)):
+        super().__init__()
+        c1, c2 = channels
+        self.latent_dim_size, self.hidden_dim_size = latent_dim_size, hidden_dim_size
+        self.encoder = L.Sequential(
+            L.Conv2d(1, c1, 4, stride=2, padding=1), L.ReLU(),
+            L.Conv2d(c1, c2, 4, stride=2, padding=1), L.ReLU(),
+            L.Flatten(), L.Linear(c2 * 7 * 7, hidden_dim_size), L.ReLU(), L.Linear(hidden_dim_size, latent_dim_size))
+        self.decoder = Decoder(latent_dim_size, channels, hidden_dim_size)
+
+    def forward(self, x: Float[Tensor, "b 1 28 28"]) -> Float[Tensor, "b 1 28 28"]:
+        return self.decoder(self.encoder(x))
+
+
+def reconstruction_loss(x_hat: Float[Tensor, "b ..."], x: Float[Tensor, "b ..."]) -> Float[Tensor, ""]:
+    """The autoencoder's loss: the mean over the batch and every pixel of (x̂ − x)²."""
+    return (x_hat - x).square().mean()
+
+
+def train_autoencoder(model: Autoencoder, images: Tensor, config, max_steps: int | None = None) -> list[float]:
+    """Adam on ``reconstruction_loss`` over shuffled mini-batches (``config`` is day 7's
+    TrainConfig; ``max_steps`` stops early). Returns the loss of every step."""
+    gen = torch.Generator().manual_seed(config.seed)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    losses: list[float] = []
+    for _ in range(config.epochs):
+        order = torch.randperm(len(images), generator=gen)
+        for first in range(0, len(images), config.batch_size):
+            if max_steps is not None and len(losses) == max_steps:
+                return losses
+            x = images[order[first: first + config.batch_size]]
+            loss = reconstruction_loss(model(x), x)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+    return losses
 
 
 def he_initialise(model: nn.Module, generator: torch.Generator | None = None) -> None:

@@ -105,6 +105,21 @@ class ConvTranspose2d(nn.Module):
                 f"stride={self.stride}, padding={self.padding}, bias={self.bias is not None}")
 
 
+class Sigmoid(nn.Module):
+    """σ(x) = 1 / (1 + e^−x), computed so that no exponent is ever positive: for x ≥ 0 as written,
+    for x < 0 as e^x / (1 + e^x) (the same number, multiplied through by e^x). The naive formula
+    overflows e^−x for very negative x; its value still comes out as 0, but its gradient is
+    inf/inf = NaN. Each branch sees only its own half of the inputs (the other half is replaced by
+    0), so neither the values nor autograd's gradient σ(1 − σ) meet an inf."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        positive = x >= 0
+        x_pos = torch.where(positive, x, 0.0)
+        x_neg = torch.where(positive, 0.0, x)
+        e = torch.exp(x_neg)
+        return torch.where(positive, 1 / (1 + torch.exp(-x_pos)), e / (1 + e))
+
+
 class Tanh(nn.Module):
     """tanh(x) = (e^x − e^−x) / (e^x + e^−x) = 2σ(2x) − 1, written with the stable sigmoid."""
 

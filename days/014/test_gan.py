@@ -121,6 +121,33 @@ def test_tanh_and_leaky_relu_match_torch():
         assert_parity(xs.grad, xr.grad, atol=1e-15)
 
 
+@pytest.mark.parametrize("dtype, big", [(torch.float64, 1000.0), (torch.float32, 100.0)], ids=["float64", "float32"])
+def test_sigmoid_matches_torch_without_overflow(dtype, big, measure):
+    """ARENA's Sigmoid module: σ(x) = 1 / (1 + e^−x) on random x, at exactly 0 (σ = ½, σ' = ¼)
+    and at |x| up to 1000 in float64 and 100 in float32, where e^|x| overflows to inf and the
+    naive formula's gradient is inf/inf = NaN: every value and gradient is finite; values equal
+    torch.sigmoid and gradients the cancellation-free σ(x)·σ(−x) (rtol 1e-14 / 1e-6, a few units
+    in the last place; atol 1e-300 / 1e-38 for results that underflow to subnormals). Gradients
+    also equal torch.autograd's within 4u absolute: torch forms σ(1 − σ), and 1 − σ carries an
+    absolute rounding error of u, which is large relative to 1 − σ where σ ≈ 1."""
+    gen = torch.Generator().manual_seed(13)
+    x = torch.cat([4 * torch.randn(40, generator=gen, dtype=torch.float64),
+                   torch.tensor([0.0, big, -big, big / 2, -big / 2, 30.0, -30.0], dtype=torch.float64)]).to(dtype)
+    rtol, atol = (1e-14, 1e-300) if dtype == torch.float64 else (1e-6, 1e-38)
+    u = torch.finfo(dtype).eps / 2
+    xs, xr = x.clone().requires_grad_(), x.clone().requires_grad_()
+    out, ref = G.Sigmoid()(xs), torch.sigmoid(xr)
+    assert out.dtype == dtype and torch.isfinite(out).all()
+    report = assert_parity(out, ref, atol=atol, rtol=rtol, name="sigmoid")
+    out.sum().backward()
+    ref.sum().backward()
+    assert torch.isfinite(xs.grad).all()
+    grad_report = assert_parity(xs.grad, torch.sigmoid(x) * torch.sigmoid(-x), atol=atol, rtol=rtol, name="σ'")
+    assert_parity(xs.grad, xr.grad, atol=4 * u, name="σ' against torch.autograd")
+    assert out[40].item() == 0.5 and xs.grad[40].item() == 0.25
+    measure(f"sigmoid.{str(dtype)[6:]}.max_rel_err", max(report.max_rel_err, grad_report.max_rel_err), f"≤ {rtol:g}")
+
+
 # ---------------------------------------------------------------- DCGAN
 
 
