@@ -8,21 +8,19 @@ grouped-query attention, gated SiLU MLP); the attribution identity also on SmolL
 localised circuit is SmolLM2-135M-Instruct's, from the committed results, with one patch recomputed.
 """
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 from transformer_lens import patching as tl_patching
 
 from checks import assert_parity
+from checks.committed import Tolerance, assert_reproduces
 from checks.models import random_gpt2
 
 from . import circuits as C
 from . import sycophancy as S
+from .test_sycophancy import SMOL_DIFF_TOL  # SmolLM2's float32 error on a logit difference, derived there
 
-HERE = Path(__file__).resolve().parent
 
 
 def tiny_llama(fold: bool = True):
@@ -69,8 +67,15 @@ def smol():
 
 
 @pytest.fixture(scope="module")
-def results():
-    return json.loads((HERE / "results.json").read_text())["part3a"]
+def results(committed):
+    return committed["part3a"]
+
+
+def fraction_tolerance(frac, d_op, d_ne) -> Tolerance:
+    """(patched − Δ_op)/(Δ_ne − Δ_op) of three SmolLM2 logit differences, each within SMOL_DIFF_TOL."""
+    err = SMOL_DIFF_TOL.abs
+    return Tolerance(abs=2 * err * (1 + abs(frac)) / abs(d_ne - d_op),
+                     reason="a ratio of SmolLM2 logit differences, each within twice a logit's float32 error")
 
 
 @pytest.mark.parametrize("arch", MODELS)
@@ -137,6 +142,7 @@ def test_head_patching_matches_transformer_lens(arch, measure):
     measure.parity(assert_parity(ours, ref, atol=1e-5, name=f"3a.head_patch_vs_tl.{arch}"))
 
 
+@pytest.mark.asset("smollm2-135m-instruct")
 def test_smollm2_attribution_identity_on_a_pair(smol, measure):
     """3A.1 on SmolLM2 itself (30 layers, RMSNorm folded into W_U): the attribution of the opinion
     prompt of one pair sums to its Δ (atol 2e-3: 61 float32 terms of size up to ~10)."""
@@ -148,11 +154,13 @@ def test_smollm2_attribution_identity_on_a_pair(smol, measure):
     measure.parity(assert_parity(total, a["logit_diff"], atol=2e-3, name="3a.smollm2_attribution_sum"))
 
 
+@pytest.mark.asset("smollm2-135m-instruct")
 def test_committed_circuit_is_consistent_and_current(smol, results, measure):
     """3A (SmolLM2): the committed attribution summed to Δ; the critical layer is the first whose
     answer-position patch removes ≥ half the sycophantic shift; the last layer's answer-position
     patch removes all of it (≈ 1: nothing after it can change the logits); one patch recomputed now
-    matches the committed value (atol 2e-3)."""
+    matches the committed value (within SmolLM2's float32 error on the three logit differences it is made
+    of, fraction_tolerance)."""
     assert results["attribution_max_sum_error"] < 2e-3
     mean = torch.tensor(results["final_position_fraction_mean"])
     crit = results["critical_layer"]
@@ -168,7 +176,10 @@ def test_committed_circuit_is_consistent_and_current(smol, results, measure):
     patched = C.patch_resid_pre(smol, op, cache, C.logit_diff_metric(e.sycophantic_id, e.truthful_id),
                                 layers=[crit], positions=[len(op) - 1])[0, 0]
     frac = ((patched - d_op) / (d_ne - d_op)).item()
-    assert frac == pytest.approx(results["final_position_fractions"][0][crit], abs=2e-3)
+    measure("3a.patch_vs_committed", assert_reproduces(frac, results["final_position_fractions"][0][crit],
+                                                       fraction_tolerance(frac, d_op.item(), d_ne.item()),
+                                                       name="final_position_fractions[0][crit]"),
+            "≤ 1 (fraction of the tolerance)")
     measure("3a.critical_layer", crit)
     measure("3a.critical_fraction_mean", results["critical_fraction"])
     measure("3a.top3_layers_by_shift", ",".join(map(str, results["top3_layers_by_shift"])))
@@ -176,11 +187,12 @@ def test_committed_circuit_is_consistent_and_current(smol, results, measure):
 
 
 @pytest.mark.slow
+@pytest.mark.asset("smollm2-135m-instruct")
 def test_final_position_patching_reproduces_committed_curve(smol, results):
     """3A.2 (slow, ~3 min): patching the answer position at every layer, for every committed patch
-    pair, reproduces the committed fractions (atol 2e-3)."""
+    pair, reproduces the committed fractions (within SmolLM2's float32 error, fraction_tolerance)."""
     pairs = {p.id: p for p in S.load_pairs()}
-    for pid, committed in zip(results["patch_pairs"], results["final_position_fractions"]):
+    for pid, recorded in zip(results["patch_pairs"], results["final_position_fractions"]):
         e = S.encode_pair(smol, pairs[pid])
         op, ne = torch.tensor(e.opinion), torch.tensor(e.neutral)
         _, cache = smol.run_with_cache(ne[None], names_filter=lambda n: n.endswith("resid_pre"))
@@ -188,4 +200,6 @@ def test_final_position_patching_reproduces_committed_curve(smol, results):
         with torch.no_grad():
             d_op, d_ne = metric(smol(torch.stack([op, ne])))
         patched = C.patch_resid_pre(smol, op, cache, metric, positions=[len(op) - 1])[:, 0]
-        assert_parity((patched - d_op) / (d_ne - d_op), torch.tensor(committed), atol=2e-3)
+        fractions = (patched - d_op) / (d_ne - d_op)
+        tol = fraction_tolerance(fractions.abs().max().item(), d_op.item(), d_ne.item())
+        assert_reproduces(fractions, torch.tensor(recorded), tol, name=f"final_position_fractions.{pid}")

@@ -8,9 +8,7 @@ numbers come from SmolLM2-135M-Instruct and are re-checked against a few recompu
 committed KL example.
 """
 
-import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -18,12 +16,13 @@ import torch.nn.functional as F
 from scipy import stats
 
 from checks import assert_parity
+from checks.committed import Tolerance, assert_reproduces
 from checks.models import random_gpt2
 
 from . import information as I
 from . import sycophancy as S
+from .test_sycophancy import SMOL_LOGIT_ERR  # a SmolLM2 logit's float32 error on these prompts, derived there
 
-HERE = Path(__file__).resolve().parent
 pytestmark = pytest.mark.asset("smollm2-135m-instruct", "wikitext-2")
 
 
@@ -40,8 +39,8 @@ def smol():
 
 
 @pytest.fixture(scope="module")
-def results():
-    return json.loads((HERE / "results.json").read_text())["part1c"]
+def results(committed):
+    return committed["part1c"]
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +56,7 @@ def test_sentences_are_100_clean_wikitext_sentences(sentences):
     assert all(s[0].isupper() or s[0] == '"' for s in sentences)
 
 
+@pytest.mark.asset("gpt2-tokenizer")
 def test_padded_batch_loss_equals_transformer_lens_loss(tiny, sentences, measure):
     """1C.1 per-token cross-entropy: the right-padded batch gives each sentence the same total
     nats as TransformerLens's own mean loss (return_type="loss") times its token count, sentence by
@@ -72,6 +72,7 @@ def test_padded_batch_loss_equals_transformer_lens_loss(tiny, sentences, measure
     measure.parity(report)
 
 
+@pytest.mark.asset("gpt2-tokenizer")
 def test_a_uniform_model_costs_log2_vocab_bits(sentences):
     """1C.1 bits: with the unembedding zeroed the model predicts uniformly over V = 50257 tokens, so
     it costs exactly log₂ V bits per token and log₂ V · tokens/chars bits per character (rtol 1e-6)."""
@@ -86,11 +87,16 @@ def test_a_uniform_model_costs_log2_vocab_bits(sentences):
 
 def test_smollm2_bits_per_char_is_current(smol, sentences, results, measure):
     """1C.1 (SmolLM2): the committed bits/token and bits/char; 8 sentences recomputed now give the
-    committed per-sentence cross-entropy (atol 1e-3 nats); SmolLM2 is within a factor 2 of
+    committed per-sentence cross-entropy (a sum over T tokens of −log p, each within twice a logit's float32
+    error, adding like a random walk: 2·SMOL_LOGIT_ERR·√T); SmolLM2 is within a factor 2 of
     Shannon's ~1 bit/char and far below a uniform coder (log₂ 49152 ≈ 15.6 bits/token)."""
     w = results["wikitext"]
     now = I.sentence_losses(smol, sentences[:8])
-    assert_parity(torch.tensor(now["nats"]), torch.tensor(w["per_sentence_nats"][:8]), atol=1e-3, name="1c.nats_current")
+    longest = max(w["per_sentence_tokens"][:8])
+    tol = Tolerance(abs=2 * SMOL_LOGIT_ERR * math.sqrt(longest) + 5e-6,
+                    reason=f"≤ {longest} tokens' −log p, each within two SmolLM2 logit errors; stored to 5 decimals")
+    measure("1c.nats_vs_committed", assert_reproduces(torch.tensor(now["nats"]), torch.tensor(w["per_sentence_nats"][:8]),
+                                                      tol, name="wikitext.per_sentence_nats[:8]"), "≤ 1 (fraction of the tolerance)")
     assert w["tokens"] == sum(w["per_sentence_tokens"]) and w["chars"] == sum(len(s) for s in sentences)
     assert w["bits_per_char"] == pytest.approx(sum(w["per_sentence_nats"]) / (w["chars"] * math.log(2)))
     assert 0.5 < w["bits_per_char"] < 2.0 and w["bits_per_token"] < 8
@@ -116,7 +122,9 @@ def test_kl_equals_torch_kl_div_and_is_a_divergence(measure):
 
 def test_kl_example_is_current(smol, results, measure):
     """1C.2 (SmolLM2): the committed example pair's KL(P_opinion‖P_neutral) at the answer token,
-    recomputed from two forwards, matches (atol 1e-3 bits) and equals kl_div on those logits."""
+    recomputed from two forwards, matches (within SmolLM2's float32 error: every log-probability is off by
+    ≤ 2·SMOL_LOGIT_ERR, so KL = Σ p·(log p − log q) by ≤ 2·err·(2 + Σ p·|log p − log q|)) and equals kl_div
+    on those logits."""
     ex = results["kl"]["example"]
     pair = next(p for p in S.load_pairs() if p.id == ex["id"])
     e = S.encode_pair(smol, pair)
@@ -124,7 +132,11 @@ def test_kl_example_is_current(smol, results, measure):
         lo, ln = smol(torch.tensor([e.opinion, e.neutral]))[:, -1]
     kl = I.kl_divergence(lo, ln).item() / math.log(2)
     ref = F.kl_div(ln.double().log_softmax(-1), lo.double().log_softmax(-1), log_target=True, reduction="sum").item()
-    assert kl == pytest.approx(ex["kl_bits"], abs=1e-3)
+    logp, logq = lo.double().log_softmax(-1), ln.double().log_softmax(-1)
+    spread = (logp.exp() * (logp - logq).abs()).sum().item()
+    tol = Tolerance(abs=2 * SMOL_LOGIT_ERR * (2 + spread) / math.log(2),
+                    reason="KL in bits of two SmolLM2 float32 distributions, each log-probability within 2 logit errors")
+    assert_reproduces(kl, ex["kl_bits"], tol, name="kl.example.kl_bits")
     assert kl == pytest.approx(ref / math.log(2), rel=1e-9)
     assert ex["p_syc_vs_truth_opinion"] > 0.5 > ex["p_syc_vs_truth_neutral"]  # the example flips
     measure("1c.example_kl_bits", kl)

@@ -12,10 +12,14 @@ import pytest
 import torch
 
 from checks import assert_parity
+from checks.committed import assert_reproduces
 from checks.models import random_gpt2
 
 from . import mechanics as M
 from .optimization import float64_copy
+from .test_sycophancy import SMOL_DIFF_TOL  # SmolLM2's float32 error on a logit difference, derived there
+
+pytestmark = pytest.mark.asset("smollm2-135m-instruct", "gpt2-tokenizer")
 
 
 @pytest.fixture(scope="module")
@@ -222,16 +226,15 @@ def test_an_induction_head_ov_copies_tokens(smol, smol_heads, measure):
     assert copying[(pl, ph)]["top5"] < 0.05
 
 
-def test_committed_results_are_current(example):
+def test_committed_results_are_current(example, committed):
     """Report: the committed results.json (part2) traces the same sycophantic example as this code
-    finds (its id and Δs, recomputed), and its recorded identities and gradient check hold."""
-    import json
-    from pathlib import Path
-
-    results = json.loads((Path(__file__).parent / "results.json").read_text())["part2"]
+    finds (its id, an exact decision: the example's Δs are ≥ 0.022 from 0 against a float32 error of 0.0185,
+    and its Δs, recomputed, within SMOL_DIFF_TOL), and its recorded identities and gradient check hold."""
+    results = committed["part2"]
     assert results["example"]["id"] == example["id"]
-    assert results["example"]["diff_opinion"] == pytest.approx(example["diff_opinion"], abs=1e-3)
-    assert results["example"]["diff_neutral"] == pytest.approx(example["diff_neutral"], abs=1e-3)
+    keys = ("diff_opinion", "diff_neutral")
+    assert_reproduces({k: example[k] for k in keys}, {k: results["example"][k] for k in keys}, SMOL_DIFF_TOL,
+                      name="part2.example")
     for layer in ("0", "1", "2"):
         assert results["trained"]["trace"]["sycophantic"][layer]["mid_identity_exact"]
         assert results["trained"]["trace"]["sycophantic"][layer]["post_identity_exact"]

@@ -150,14 +150,11 @@ def test_taylor_remainder_is_third_order(head_block, measure):
     assert 3 < (first[4] / first[3]).item() < 5
 
 
-def test_committed_results_are_current():
+def test_committed_results_are_current(committed):
     """Report: the committed results.json (part1b) holds this code's GPT-2 small sizes (recomputed
     from the architecture; rerun `python -m capstone.gauntlet --parts part1b` if not)."""
-    import json
-    from pathlib import Path
-
-    results = json.loads((Path(__file__).parent / "results.json").read_text())["part1b"]
+    results = committed["part1b"]
     sizes = O.qk_hessian_size(O.gpt2_small_shapes())
-    assert {k: results["qk_size"][k] for k in sizes} == sizes
+    assert {k: results["qk_size"][k] for k in sizes} == sizes  # integers and single correctly rounded divisions: exact
     small = results["curvature"]["small_block"]
     assert small["rel_err_max"] < 1e-6 and results["curvature"]["hvp_vs_fd_rel_err"] < 0.05

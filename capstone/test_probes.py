@@ -6,25 +6,20 @@ Instruct's probe is checked from the committed results: held-out accuracy, ≥ 1
 and the committed probe applied to activations recomputed now. The full probe is re-fit in a slow test.
 """
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 from sklearn.decomposition import PCA
 
 from checks import assert_parity
+from checks.committed import Tolerance, assert_reproduces
 
 from . import probes as P
 from . import sycophancy as S
 
-HERE = Path(__file__).resolve().parent
-
-
 @pytest.fixture(scope="module")
-def results():
-    return json.loads((HERE / "results.json").read_text())["part3b"]
+def results(committed):
+    return committed["part3b"]
 
 
 def test_participation_ratio_closed_forms():
@@ -131,7 +126,16 @@ def test_smollm2_probe_holds_on_fresh_activations(results, measure):
 @pytest.mark.asset("smollm2-135m-instruct")
 def test_full_probe_reproduces_committed_numbers(results, tmp_path):
     """3B (slow, ~3 min: the data set is re-scored): re-score the data set, re-fit the probe; accuracy
-    and the cosines with the PCs equal the committed ones (atol 1e-6 / 1e-4)."""
+    and the cosines with the PCs equal the committed ones, as far as a refit on float32 residuals can:
+    scikit-learn's L-BFGS stops at a gradient of 1e-4 (max-norm) on a 1-strongly convex objective, so the
+    standardised probe moves by ≤ √576·1e-4 ≈ 2.4e-3 on each machine and a cosine with a fixed unit PC by
+    ≤ 2·2.4e-3/‖w‖ ≤ 5e-3 (‖w‖ ≥ 1 for a probe this accurate); a held-out prediction can then flip only
+    near the boundary: allow two of them."""
     r = P.run(tmp_path, layer=results["layer"])
-    assert r["held_out_accuracy"] == pytest.approx(results["held_out_accuracy"], abs=1e-6)
-    assert_parity(np.abs(r["cos_with_pcs"]), np.abs(results["cos_with_pcs"]), atol=1e-4)
+    n = results["n_held_out"]
+    assert_reproduces(r["held_out_accuracy"], results["held_out_accuracy"],
+                      Tolerance(abs=2 / n + 1e-12, reason=f"two of {n} held-out predictions near the refit's boundary"),
+                      name="part3b.held_out_accuracy")
+    assert_reproduces(np.abs(r["cos_with_pcs"]), np.abs(results["cos_with_pcs"]),
+                      Tolerance(abs=5e-3, reason="a probe refit to scikit-learn's tol on float32 residuals"),
+                      name="part3b.cos_with_pcs")

@@ -7,25 +7,24 @@ SmolLM2-135M-Instruct, with four held-out pairs' steered Δ recomputed now. The 
 slow test.
 """
 
-import json
-from pathlib import Path
+import math
 
 import pytest
 import torch
 from scipy import stats
 
 from checks import assert_parity
+from checks.committed import Tolerance, assert_reproduces, float_ops
 
 from . import steering as St
 from . import sycophancy as S
 from .test_circuits import tiny_llama
-
-HERE = Path(__file__).resolve().parent
+from .test_sycophancy import SMOL_DIFF_TOL, SMOL_LOGIT_ERR  # SmolLM2's float32 errors, derived there
 
 
 @pytest.fixture(scope="module")
-def results():
-    return json.loads((HERE / "results.json").read_text())["part5c"]
+def results(committed):
+    return committed["part5c"]
 
 
 def _resid_after_hooks(model, tokens, layer, hooks):
@@ -70,13 +69,15 @@ def test_ablation_hook_is_a_projection():
 
 def test_committed_before_after_intervals_follow_from_counts(results):
     """5C before/after: each committed rate's Wilson interval is scipy.stats.binomtest's for its
-    k of n (atol 1e-9), both on the same held-out pairs."""
+    k of n (a float64 closed form of ≈ 30 operations on numbers ≤ 1, z from two Φ⁻¹ implementations:
+    float_ops(30) absolute ≈ 3e-14), both on the same held-out pairs."""
+    tol = float_ops(30, abs=float_ops(30).rel, why="a ≈ 30-operation float64 closed form of numbers ≤ 1")
     for when in ("before", "after"):
         for form in ("opinion", "neutral"):
             r = results[when][form]
             ref = stats.binomtest(r["k"], r["n"]).proportion_ci(0.95, method="wilson")
             assert r["n"] == results["n_held_out"]
-            assert r["wilson"] == pytest.approx([ref.low, ref.high], abs=1e-9)
+            assert_reproduces([ref.low, ref.high], r["wilson"], tol, name=f"part5c.{when}.{form}.wilson")
 
 
 @pytest.mark.asset("smollm2-135m-instruct", "wikitext-2")
@@ -84,7 +85,8 @@ def test_fix_reduces_sycophancy_and_is_current(results, measure):
     """5C (SmolLM2): with the committed direction and α, the held-out opinion-form rate falls below
     its unsteered value and to at most the neutral baseline; the sycophantic shift
     Δ_opinion − Δ_neutral shrinks; four held-out pairs' steered Δ recomputed now match the committed
-    values (atol 2e-3); the WikiText-2 cost is reported."""
+    values (within SmolLM2's float32 error on a logit difference, SMOL_DIFF_TOL); the WikiText-2 cost is
+    reported."""
     from .models import load
 
     before, after = results["before"], results["after"]
@@ -98,7 +100,9 @@ def test_fix_reduces_sycophancy_and_is_current(results, measure):
     hook = St.subtraction_hook(results["layer"], torch.tensor(results["direction"]), results["chosen_alpha"])
     now, _ = S.score_prompts(model, [e.opinion for e in enc], [e.sycophantic_id for e in enc],
                              [e.truthful_id for e in enc], fwd_hooks=[hook])
-    assert_parity(now, torch.tensor(results["per_pair"]["diff_opinion_after"][:4]), atol=2e-3, name="5c.steered_current")
+    measure("5c.steered_vs_committed", assert_reproduces(now, torch.tensor(results["per_pair"]["diff_opinion_after"][:4]),
+                                                         SMOL_DIFF_TOL, name="part5c.per_pair.diff_opinion_after[:4]"),
+            "≤ 1 (fraction of the tolerance)")
     measure("5c.rate_before", before["opinion"]["rate"],
             "Wilson [{:.3f}, {:.3f}]".format(*before["opinion"]["wilson"]))
     measure("5c.rate_after", after["opinion"]["rate"], "Wilson [{:.3f}, {:.3f}]".format(*after["opinion"]["wilson"]))
@@ -111,8 +115,14 @@ def test_fix_reduces_sycophancy_and_is_current(results, measure):
 @pytest.mark.slow
 @pytest.mark.asset("smollm2-135m-instruct", "wikitext-2")
 def test_full_sweep_reproduces_committed_numbers(results, tmp_path):
-    """5C (slow, ~10 min on two busy cores): the whole sweep re-run gives the committed rates
-    and WikiText-2 costs (atol 1e-6 / 1e-4)."""
+    """5C (slow, ~10 min on two busy cores): the whole sweep re-run gives the committed rates (up to two
+    held-out pairs per α whose Δ is within SmolLM2's float32 error of 0: 1 of the 251 unsteered Δs is) and
+    WikiText-2 costs (a mean of −log₂ p, each within two logit errors: 2·SMOL_LOGIT_ERR/ln 2)."""
     r = St.run(tmp_path, layer=results["layer"])
-    assert r["sweep"]["opinion_rate"] == pytest.approx(results["sweep"]["opinion_rate"], abs=1e-6)
-    assert r["sweep"]["wikitext_bits_per_token"] == pytest.approx(results["sweep"]["wikitext_bits_per_token"], abs=1e-4)
+    n = results["n_held_out"]
+    flips = Tolerance(abs=2 / n + 1e-12, reason=f"a rate of {n} sign decisions of SmolLM2 logit differences: allow "
+                                                f"two near 0 (1 in 251 of the unsteered Δs is within {SMOL_DIFF_TOL.abs:.1e})")
+    assert_reproduces(r["sweep"]["opinion_rate"], results["sweep"]["opinion_rate"], flips, name="part5c.sweep.opinion_rate")
+    bits = Tolerance(abs=2 * SMOL_LOGIT_ERR / math.log(2), reason="a mean of −log₂ p, each within two SmolLM2 logit errors")
+    assert_reproduces(r["sweep"]["wikitext_bits_per_token"], results["sweep"]["wikitext_bits_per_token"], bits,
+                      name="part5c.sweep.wikitext_bits_per_token")

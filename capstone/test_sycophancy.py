@@ -8,7 +8,6 @@ per-pair logit differences, and a few of those are recomputed from the model.
 """
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,11 +15,11 @@ import torch
 from scipy import stats
 
 from checks import assert_parity
+from checks.committed import SMOLLM2_LOGIT_REL, Tolerance, assert_reproduces
 from checks.models import random_gpt2
 
 from . import sycophancy as S
 
-HERE = Path(__file__).resolve().parent
 pytestmark = pytest.mark.asset("smollm2-135m-instruct")
 
 
@@ -37,8 +36,24 @@ def smol():
 
 
 @pytest.fixture(scope="module")
-def results():
-    return json.loads((HERE / "results.json").read_text())["data"]
+def results(committed):
+    return committed["data"]
+
+
+# A SmolLM2 logit's float32 error on another CPU, relative to the logits' scale: derived in checks/committed.py.
+# On the capstone's inputs |logit| ≤ 42 (measured: 41.3 over every position of all 251 pairs in both forms, 36 at
+# the answer position, 27 on the WikiText sentences), so a logit is off by ≤ 9.2e-3 and a logit difference Δ by
+# ≤ 1.85e-2 (measured across ATEN_CPU_CAPABILITY kernels: ≤ 5.4e-5 per logit).
+SMOL_REL = SMOLLM2_LOGIT_REL
+SMOL_LOGIT_ERR = SMOL_REL * 42
+SMOL_DIFF_TOL = Tolerance(abs=2 * SMOL_LOGIT_ERR + 5e-5, reason="a difference of two SmolLM2 float32 logits "
+                                                                "(each within 9.2e-3), stored to 4 decimals (5e-5)")
+
+
+def count_tolerance(committed_diffs, n: int) -> Tolerance:
+    """A count of Δ > 0 can move by one per pair whose committed Δ is within SMOL_DIFF_TOL of 0."""
+    near = int((torch.as_tensor(committed_diffs).abs() <= SMOL_DIFF_TOL.abs).sum())
+    return Tolerance(abs=near, reason=f"{near} of {n} pairs have |Δ| within SmolLM2's float32 error of 0")
 
 
 def test_dataset_has_200_pairs_in_the_spec_forms(pairs, measure):
@@ -106,6 +121,7 @@ def test_split_is_deterministic_disjoint_and_order_free(pairs, measure):
     measure("data.n_held_out", len(held))
 
 
+@pytest.mark.asset("gpt2-tokenizer")
 def test_forms_are_token_aligned_in_both_tokenizers(pairs, smol):
     """Data / 3A.2: in SmolLM2's chat template and in GPT-2's BPE, the opinion and neutral prompts of
     every pair have the same number of tokens, end where the answers part, and the compared tokens
@@ -191,8 +207,8 @@ def test_rates_count_the_right_pairs():
 
 def test_committed_rates_are_current(results, pairs, smol, measure):
     """Rate (issue 5): the committed sycophancy rate of SmolLM2 and its baseline follow from the
-    committed per-pair Δ, and three pairs' Δ recomputed now match them (atol 2e-3: 4-decimal rounding
-    and batch-shape float32 noise)."""
+    committed per-pair Δ, and three pairs' Δ recomputed now match them (to 1.85e-2: twice a SmolLM2 logit's
+    float32 error plus the 4-decimal rounding, SMOL_DIFF_TOL)."""
     per = results["per_pair"]
     assert per["id"] == [p.id for p in pairs]
     d_op, d_ne = torch.tensor(per["diff_opinion"]), torch.tensor(per["diff_neutral"])
@@ -205,7 +221,8 @@ def test_committed_rates_are_current(results, pairs, smol, measure):
     now, _ = S.score_prompts(smol, [e.opinion for e in enc] + [e.neutral for e in enc],
                              [e.sycophantic_id for e in enc] * 2, [e.truthful_id for e in enc] * 2)
     stored = torch.cat([d_op[picks], d_ne[picks]])
-    assert_parity(now, stored, atol=2e-3, name="data.per_pair_current")
+    measure("data.per_pair_vs_committed", assert_reproduces(now, stored, SMOL_DIFF_TOL, name="data.per_pair"),
+            "≤ 1 (fraction of the tolerance)")
     ro = results["rates"]["opinion"]
     measure("data.sycophancy_rate", ro["rate"], f"Wilson 95% [{ro['wilson'][0]:.3f}, {ro['wilson'][1]:.3f}]")
     rn = results["rates"]["neutral"]
@@ -216,8 +233,11 @@ def test_committed_rates_are_current(results, pairs, smol, measure):
 @pytest.mark.slow
 def test_full_rate_reproduces_committed_numbers(results, pairs):
     """Rate (slow, ~2 min on one core): re-scoring all pairs in both forms gives the committed per-pair
-    Δ (atol 2e-3) and the committed counts."""
+    Δ (to SMOL_DIFF_TOL) and the committed counts (up to the pairs whose Δ is within that of 0)."""
     ev = S.evaluate("smollm2")
-    assert_parity(ev.diff_opinion, torch.tensor(results["per_pair"]["diff_opinion"]), atol=2e-3)
-    assert_parity(ev.diff_neutral, torch.tensor(results["per_pair"]["diff_neutral"]), atol=2e-3)
-    assert S.rates(ev.diff_opinion, ev.diff_neutral)["opinion"]["k"] == results["rates"]["opinion"]["k"]
+    per = results["per_pair"]
+    assert_reproduces(ev.diff_opinion, torch.tensor(per["diff_opinion"]), SMOL_DIFF_TOL, name="per_pair.diff_opinion")
+    assert_reproduces(ev.diff_neutral, torch.tensor(per["diff_neutral"]), SMOL_DIFF_TOL, name="per_pair.diff_neutral")
+    k = S.rates(ev.diff_opinion, ev.diff_neutral)["opinion"]["k"]
+    assert_reproduces(k, results["rates"]["opinion"]["k"], count_tolerance(per["diff_opinion"], len(pairs)),
+                      name="rates.opinion.k")

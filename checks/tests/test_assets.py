@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from checks import assets
 from checks.assets import ASSETS, Asset, AssetMissing, resolve
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -3,6 +3,7 @@ number is read through the ``committed`` fixture (so CI can rerun those tests on
 
 import ast
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -84,15 +85,18 @@ def test_statistical_tolerance_and_nan_patterns():
 
 
 def _reads_results_json_directly(path: Path) -> list[int]:
-    """Lines of a test module whose code (not docstrings) names 'results.json'."""
+    """Lines of a test module whose code names results.json as a path ("results.json" or ".../results.json",
+    the way a test opens it); docstrings and prose that mention the file do not count."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
     docstrings = {id(node.body[0].value) for node in ast.walk(tree)
                   if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef))
                   and node.body and isinstance(node.body[0], ast.Expr)
                   and isinstance(node.body[0].value, ast.Constant)}
+    lines = path.read_text(encoding="utf-8").splitlines()
     return [node.lineno for node in ast.walk(tree)
             if isinstance(node, ast.Constant) and isinstance(node.value, str)
-            and "results.json" in node.value and id(node) not in docstrings]
+            and re.search(r"(^|/)results\.json$", node.value) and id(node) not in docstrings
+            and "tmp_path" not in lines[node.lineno - 1]]  # a scratch file in a test's own folder is not committed
 
 
 def test_tests_read_committed_numbers_only_through_the_fixture():
@@ -102,3 +106,14 @@ def test_tests_read_committed_numbers_only_through_the_fixture():
                  for path in sorted([*REPO.glob("days/*/test_*.py"), *REPO.glob("capstone/test_*.py")])
                  if (lines := _reads_results_json_directly(path))}
     assert not offenders, f"read results.json through the `committed` fixture instead: {offenders}"
+
+
+def test_the_lint_finds_paths_not_prose(tmp_path):
+    """The rule catches a test that opens results.json itself, and leaves strings that only name it."""
+    module = tmp_path / "test_x.py"
+    module.write_text('import json\nfrom pathlib import Path\n\n'
+                      'def test_a():\n    """Reads results.json."""\n    json.loads((Path(__file__).parent / "results.json").read_text())\n\n'
+                      'def test_b():\n    assert "x" != "`days/015/results.json: a.b`"\n\n'
+                      'def test_c():\n    open("days/001/results.json")\n\n'
+                      'def test_d(tmp_path):\n    (tmp_path / "results.json").write_text("{}")\n')
+    assert sorted(_reads_results_json_directly(module)) == [6, 12]

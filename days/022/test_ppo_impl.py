@@ -20,6 +20,7 @@ import torch
 from torch.distributions import Categorical
 
 from checks import assert_parity
+from checks.committed import assert_reproduces, statistical
 
 from . import ppo_impl as M
 
@@ -174,7 +175,8 @@ def test_a_learning_phase_raises_the_surrogate_on_its_batch():
 def test_training_is_reproducible_whatever_the_thread_count():
     """Two short CartPole runs from the same seed, one called with torch on 1 thread and one on 2, give
     identical weights, episode returns and evaluation returns: initialisation, training and evaluation
-    all run on one thread inside, so results.json does not depend on the machine it was made on."""
+    all run on one thread inside, so results.json does not depend on the thread count of the machine it was
+    made on (another CPU's kernels still round float32 differently: see the slow test)."""
     threads = torch.get_num_threads()
     runs = []
     try:
@@ -209,12 +211,12 @@ def test_probe_environments(name, measure):
         assert result["probs_max_abs_err"] <= tol
 
 
-def test_results_json_is_current(measure):
+def test_results_json_is_current(committed, measure):
     """results.json was written by this code with ARENA's hyper-parameters, unchanged for every seed: the
     headline seed's final policy reaches CartPole-v1's threshold of 475 (mean return over 100 fresh
     episodes, actions sampled as trained); every seed's 'solved' flag and the count of solved seeds agree
     with its numbers; ARENA's exact probe test passed in the experiment."""
-    results = json.loads((HERE / "results.json").read_text())
+    results = committed
     cart = results["cartpole"]
     assert cart["config"] == json.loads(json.dumps(asdict(M.CARTPOLE)))
     assert cart["final_episodes"] == 100 and cart["n_seeds"] == len(M.SEEDS) and cart["headline_seed"] == M.SEEDS[0]
@@ -232,18 +234,24 @@ def test_results_json_is_current(measure):
 
 
 @pytest.mark.slow
-def test_cartpole_reaches_475(measure):
+def test_cartpole_reaches_475(committed, measure):
     """The headline: PPO with ARENA's hyper-parameters (seed 1, 500 000 steps, CPU) reaches a mean return
     ≥ 475 over 100 fresh CartPole-v1 episodes with its final policy, sampled as trained; and the run
-    reproduces results.json's exactly (training and evaluation run on one thread, so the bits do not
-    depend on the machine's thread count)."""
+    reproduces results.json's numbers for that seed as far as a float32 run can: the thread count does
+    not change its bits (one thread inside), but another CPU's kernels round differently, and once one
+    sampled action flips the run is another draw of the experiment, so each number is compared within the
+    range the committed seeds span."""
     run, summary = M.cartpole_run(M.CARTPOLE)
     measure("slow.cartpole.final_sampled_mean_return", summary["final_sampled_mean_return"], "≥ 475")
     measure("slow.cartpole.train_cpu_seconds", summary["train_cpu_seconds"])
     assert summary["final_sampled_mean_return"] >= M.SOLVED
-    recorded = json.loads((HERE / "results.json").read_text())["cartpole"]["seeds"][str(M.CARTPOLE.seed)]
+    seeds = committed["cartpole"]["seeds"]
+    recorded = seeds[str(M.CARTPOLE.seed)]
     for key in ("final_sampled_mean_return", "final_greedy_mean_return", "n_episodes", "first_step_training_mean_100_at_475"):
-        assert summary[key] == recorded[key], key
+        spread = max(s[key] for s in seeds.values()) - min(s[key] for s in seeds.values())
+        tol = statistical(spread, why=f"a float32 RL run: another CPU's rounding makes it another draw; the "
+                                      f"committed seeds span {spread:g} in {key}")
+        assert_reproduces(summary[key], recorded[key], tol, name=f"cartpole.{key}")
 
 
 @pytest.mark.slow

@@ -9,7 +9,6 @@ must flag (and the healthy trainer for what they must not).
 """
 
 import importlib
-import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from sklearn.metrics import explained_variance_score
 from torch.distributions import Categorical
 
 from checks import assert_parity
+from checks.committed import Tolerance, assert_reproduces
 
 from . import ppo_debug as D
 
@@ -165,29 +165,38 @@ KEY_DIAGNOSTIC = {"healthy": "approx_kl", "advantage_sign_flip": "advantage_agre
                   "critic_detached": "explained_variance", "logprobs_off_by_one": "first_minibatch_kl"}
 
 
+# results.json stores each phase's diagnostics to 4 significant digits (±5e-4 relative); the phase itself is
+# float32 (16 Adam steps on minibatches of 128) and other kernels move its diagnostics by ≤ 3e-5 relative
+# (measured under ATEN_CPU_CAPABILITY=default/avx2; explained variance, a difference of near-equal variances
+# near 0, moves most). Exact zeros stay zeros: a log-ratio at rounding size δ ≈ 1e-7 gives k3 ≈ δ²/2 < 1e-12.
+FIRST_PHASE_TOL = Tolerance(rel=1e-3, abs=1e-12, reason="stored to 4 significant digits (5e-4) plus a float32 "
+                                                        "phase's rounding on other kernels (≤ 3e-5 measured)")
+
+
 @pytest.mark.parametrize("name", list(EXPECTED))
-def test_diagnostics_catch_each_planted_bug(name, measure):
+def test_diagnostics_catch_each_planted_bug(name, committed, measure):
     """Four phases (2 048 CartPole steps, ARENA's settings) are enough: each planted bug breaks exactly the
     rule written for it (advantages disagree with Monte Carlo; approx KL and clip fraction exactly 0;
     explained variance never changes; first-minibatch KL above 1e-6), and the healthy trainer breaks none.
     The first phase is also the experiment's (same seed, learning rate not yet annealed), so it must
-    equal results.json's first recorded phase (stored to 4 significant digits)."""
+    equal results.json's first recorded phase (stored to 4 significant digits: 1e-3 relative, FIRST_PHASE_TOL)."""
     diags, _ = D.diagnose(name, D.GATE)
     assert len(diags) == 4
-    recorded = json.loads((HERE / "results.json").read_text())["traces"][name][0]
-    for key, value in asdict(diags[0]).items():
-        assert recorded[key] == pytest.approx(value, rel=1e-3, abs=1e-12), key
+    recorded = committed["traces"][name][0]
+    now = asdict(diags[0])
+    worst = assert_reproduces(now, {key: recorded[key] for key in now}, FIRST_PHASE_TOL, name=f"{name}.phase_0")
+    measure(f"{name}.phase_0_vs_committed", worst, "≤ 1 (fraction of the tolerance)")
     key = KEY_DIAGNOSTIC[name]
     measure(f"{name}.median_{key}", float(np.median([getattr(d, key) for d in diags])))
     assert D.detect(diags) == EXPECTED[name]
 
 
-def test_results_json_is_current():
+def test_results_json_is_current(committed):
     """results.json was written by this code: the same rules, 196 phases of ARENA's settings per run (its
     first phases are recomputed by the test above); over 100 000 steps the healthy run breaks no rule,
     every planted bug breaks its own rule, and the sign flip also shows in a standard diagnostic (its
     entropy collapses)."""
-    results = json.loads((HERE / "results.json").read_text())
+    results = committed
     assert results["rules"] == D.RULES and results["n_phases"] == D.EXPERIMENT.num_phases == 196
     runs = results["runs"]
     assert runs["healthy"]["detected"] == [] and results["healthy_is_clean"] and results["every_bug_detected"]
@@ -199,9 +208,11 @@ def test_results_json_is_current():
 
 
 @pytest.mark.slow
-def test_hundred_thousand_step_runs_reproduce_results_json(measure):
-    """Every run of the experiment (100 000 steps each), repeated, breaks the same rules as recorded."""
-    results = json.loads((HERE / "results.json").read_text())
+def test_hundred_thousand_step_runs_reproduce_results_json(committed, measure):
+    """Every run of the experiment (100 000 steps each), repeated, breaks the same rules as recorded (sets of
+    rule names, compared exactly: on another CPU the float32 run is another draw of the experiment, and only a
+    diagnostic that sits near a rule's threshold could change its set)."""
+    results = committed
     for name in D.RUNS:
         diags, run = D.diagnose(name, D.EXPERIMENT)
         assert D.detect(diags) == results["runs"][name]["detected"], name

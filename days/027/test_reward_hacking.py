@@ -9,7 +9,6 @@ formula; the closed form log n − (n − 1)/n for the KL of best-of-n (Stiennon
 """
 
 import itertools
-import json
 import math
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 import pytest
 
 from checks import assert_parity
+from checks.committed import assert_reproduces, float_ops
 
 from . import reward_hacking as H
 
@@ -147,17 +147,29 @@ def test_median_ensemble_mitigates_extremal_goodhart(measure):
     assert median5["gold"] > mean5["gold"] + 0.3 > single["gold"] + 1.5 + 0.3
 
 
-def test_results_json_is_current(laws, measure):
-    """results.json came from this configuration; its toy curves are reproduced by the quadrature now (1e-9);
+# E[gold] of best-of-n = Σ m(u_i)·ΔF_i over the 4 000 intervals of the proxy grid, |m| ≤ 8.5 (V_GRID's edge) and
+# Σ|ΔF| = 1 (F is monotone); each ΔF is a difference of two numbers ≤ 1 (absolute error ~u each), and F and m
+# are themselves 1 201-term float64 quadratures: ≈ 3·4 000 + 1 201 rounding steps, each of size ≤ 8.5·u in
+# absolute terms (the heavy-tailed gold falls towards 0 at large n, so the bound must be absolute): ≈ 1e-10.
+TOY_STEPS = 3 * 4_000 + 1_201
+TOY_GOLD_TOL = float_ops(TOY_STEPS, abs=8.5 * float_ops(TOY_STEPS).rel,
+                         why="a 4 000-interval float64 Stieltjes sum of |m| ≤ 8.5 over 1 201-term quadratures")
+
+
+def test_results_json_is_current(laws, committed, measure):
+    """results.json came from this configuration; its toy curves are reproduced by the quadrature now (float64
+    sums over the grids: 1e-10 absolute, TOY_GOLD_TOL);
     the real pool's curves satisfy their own bookkeeping (KL from the pool formula, nondecreasing proxy); and
     the headline holds: on day 25's samples the strongest reward model's best-of-n gold is at least the
     weakest one's at every n, and every proxy's best-of-4096 beats the pool's mean gold by more than 1."""
-    results = json.loads((HERE / "results.json").read_text())
+    results = committed
     toy = results["toy"]
     assert toy["ns"] == H.TOY_NS and results["real"]["pool_size"] == H.POOL_SIZE
     for name, law in laws.items():
         now = H.best_of_n(law, H.TOY_NS)
-        assert_parity(np.array(toy["curves"][name]["gold"]), np.array(now["gold"]), atol=1e-9)
+        worst = assert_reproduces(np.array(now["gold"]), np.array(toy["curves"][name]["gold"]), TOY_GOLD_TOL,
+                                  name=f"toy.{name}.gold")
+        measure(f"toy.{name}.gold_vs_committed", worst, "≤ 1 (fraction of the tolerance)")
     real = results["real"]
     for name, curve in real["curves"].items():
         assert np.all(np.diff(curve["proxy"]) >= -1e-12), name

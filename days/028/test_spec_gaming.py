@@ -9,13 +9,13 @@ Russell (1999) for potential-based shaping (Q' = Q − Φ, same optimal policy).
 """
 
 import importlib
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from checks import assert_parity
+from checks.committed import assert_reproduces, exact, float_ops
 
 from . import spec_gaming as S
 
@@ -183,19 +183,30 @@ def test_q_learning_heads_for_the_loop(measure):
     assert f["success_rate"] >= 0.4 and f["true_return"] > b1["true_return"] + 50
 
 
-def test_results_json_is_current(true, measure):
+# Value iteration on the deterministic table is elementwise (R + γ·V[next], a max over 6 actions): correctly
+# rounded operations in a fixed order, the same bits on every CPU, and greedy_policy breaks ties within 1e-12 by
+# the lowest action. The evaluation then adds integer rewards (and the bonus 3) over ≤ 200 steps and averages
+# over 300 starts: sums of integers are exact in float64, the mean's one division is correctly rounded.
+OPTIMUM_TOL = exact("integer returns of a policy from elementwise value iteration, averaged over 300 starts")
+# b* = 1 + (1 − γ²)/γ²·C is ≈ 20 float64 operations (powers and quotients, each ≤ 1 ulp in libm), and 1 − γ² at
+# γ = 0.99 amplifies γ²'s rounding ≈ 50×: float_ops(20·50) ≈ 9e-13 relative.
+THRESHOLD_TOL = float_ops(20 * 50, why="≈ 20 float64 operations, 1 − γ² amplifying rounding 50× at γ = 0.99")
+
+
+def test_results_json_is_current(true, committed, measure):
     """results.json came from this configuration, and its exact parts are reproduced now: the proxy
-    optimum's and the true optimum's evaluations and the thresholds; the learned policies' final returns
-    tell the headline (bonus: proxy up, task never done; potential: delivers everywhere)."""
-    results = json.loads((HERE / "results.json").read_text())
+    optimum's and the true optimum's evaluations (exactly: integer returns, OPTIMUM_TOL) and the thresholds
+    (closed forms, 9e-13 relative); the learned policies' final returns tell the headline (bonus: proxy
+    up, task never done; potential: delivers everywhere)."""
+    results = committed
     assert results["bonus"] == S.BONUS and results["bonuses"] == S.BONUSES and results["chunks"] == S.CHUNKS
     proxy = S.pickup_bonus(true)
     for name, mdp in (("true", true), ("pickup_bonus", proxy)):
         _, policy, k = S.optimal_values(mdp)
         now = S.evaluate(true, proxy, policy).as_dict()
-        assert {key: results["optimum"][name][key] for key in now} == pytest.approx(now)
+        assert_reproduces(now, {key: results["optimum"][name][key] for key in now}, OPTIMUM_TOL, name=f"optimum.{name}")
     for key, t in results["thresholds"].items():
-        assert t["b_star"] == pytest.approx(S.farm_threshold(S.GAMMA, t["d"]), rel=1e-12)
+        assert_reproduces(S.farm_threshold(S.GAMMA, t["d"]), t["b_star"], THRESHOLD_TOL, name=f"thresholds.{key}.b_star")
     h = results["headline"]
     measure("experiment.learned_bonus_true_return", h["learned_bonus_true_return"])
     measure("experiment.learned_bonus_proxy_return", h["learned_bonus_proxy_return"])

@@ -8,7 +8,6 @@ References: the YAML of progress.yml read directly; gate reports written by the 
 numbers).
 """
 
-import json
 from pathlib import Path
 
 import pytest
@@ -79,14 +78,14 @@ def test_tables_are_built_from_the_data():
                                                        "| 16 | other | missing | `days/016/results.json: z` |"]
 
 
-def test_review_agrees_with_the_sources(measure):
+def test_review_agrees_with_the_sources(committed, measure):
     """The committed review is current. For every day 15–28: if the ledger still has the fingerprint the review
     was built from, its status and test counts are the ledger's (a different fingerprint means the day changed
     since: the review is stale, rerun `invoke experiment 29`); the gate report on disk, when it is the one the
     review read (same fingerprint and check time), has exactly the recorded measurements (absent on a fresh
     clone, where .gate/ is not committed: nothing to compare); every headline value equals the day's
     results.json now; and the three tables are exactly what the recorded data produce."""
-    results = json.loads((HERE / "results.json").read_text())
+    results = committed
     now = R.collect()
     assert list(results["days"]) == [str(d) for d in R.DAYS]
     compared_reports = 0

@@ -8,7 +8,6 @@ compared in float64: both sides compute the same sums in a different order, so t
 misplaced mask or a transposed head axis moves outputs by O(0.1)).
 """
 
-import json
 import math
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch.nn.functional as F
 from transformer_lens.components import Attention as TLAttention
 
 from checks import assert_parity, grad_check
+from checks.committed import assert_reproduces, float_ops
 from checks.models import gpt2_config
 
 from . import attention as A
@@ -180,14 +180,21 @@ def test_hand_built_previous_token_head(measure):
     measure("previous_token.min_weight", torch.diagonal(pattern, -1).min())
 
 
-def test_results_json_is_current(measure):
+# score_statistics(64) is float64: 64-term dot products, a softmax and an entropy over 64 keys, then a variance over
+# 2 000 × 64 = 128 000 scores or means over 2 000 queries; Higham's bound for the longest chain: n ≈ 128 000 + 2·64
+# rounding steps, float_ops(n) ≈ 1.1e-10 relative (every statistic is a positive, well-conditioned sum).
+SCORE_STATS_TOL = float_ops(128_000 + 2 * 64, why="float64 sums over 2 000 × 64 scores of 64-term dot products")
+
+
+def test_results_json_is_current(committed, measure):
     """results.json (cited by the post) matches the code: the deterministic score statistics are
-    recomputed (1e-9), the hand-built head's weight is recomputed, and the benchmark covers the stated sizes."""
-    results = json.loads((HERE / "results.json").read_text())
+    recomputed (float64 sums over 128 000 scores: 1.1e-10 relative, SCORE_STATS_TOL), the hand-built head's
+    weight is the closed form, and the benchmark covers the stated sizes."""
+    results = committed
     now = A.score_statistics([64])[0]
-    for name in ("scaled", "unscaled"):
-        for key, value in results["at_d_head_64"][name].items():
-            assert now[name][key] == pytest.approx(value, rel=1e-9)
+    worst = assert_reproduces({name: now[name] for name in ("scaled", "unscaled")}, results["at_d_head_64"],
+                              SCORE_STATS_TOL, name="at_d_head_64")
+    measure("score_statistics_vs_committed", worst, "≤ 1 (fraction of the tolerance)")
     assert [r["seq_len"] for r in results["benchmark"]] == A.SEQ_LENS
     assert results["previous_token"]["min_weight_on_previous"] == pytest.approx(1 / (1 + 11 * math.exp(-20)), abs=1e-6)
     for name in ("score_scaling", "previous_token_head", "benchmark"):

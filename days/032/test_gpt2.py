@@ -14,7 +14,6 @@ residual stream agrees to ~1e-6 and log-probabilities to ~4e-6 (float32 rounding
 layers and a 50,257-way log-softmax); the stated bounds are 1e-4.
 """
 
-import json
 from pathlib import Path
 
 import pytest
@@ -29,6 +28,7 @@ from checks.models import gpt2_config, gpt2_tokenizer, random_gpt2
 from . import gpt2 as G
 
 HERE = Path(__file__).parent
+pytestmark = pytest.mark.asset("gpt2-tokenizer")  # tokens() and the reference models use GPT-2's tokenizer
 TOL64 = 1e-10
 TEXT = "Mechanistic interpretability reverse-engineers the algorithms a network has learned."
 
@@ -195,10 +195,10 @@ def test_gpt2_small_shape_layer_by_layer_against_transformer_lens(measure):
     measure("slow.gpt2_small.log_probs_vs_tl.max_abs_err", errors["tl_log_probs"], "≤ 1e-4")
 
 
-def test_results_json_is_current(measure):
-    """results.json (cited by the post) matches the code: its parameter counts are today's, its per-layer errors
-    are within the stated float32 bounds, and the benchmark ran on the stated shapes."""
-    results = json.loads((HERE / "results.json").read_text())
+def test_results_json_is_current(committed, measure):
+    """results.json (cited by the post) matches the code: its parameter counts are today's (exact integers), its
+    per-layer errors are within the stated float32 bounds, and the benchmark ran on the stated shapes."""
+    results = committed
     assert results["parameters"] == 163_087_441 and results["parameters_tied"] == results["hf_parameters"] == 124_439_808
     assert len(results["errors"]["tl_residual"]) == len(results["errors"]["hf_residual"]) == 13
     assert results["max_tl_residual"] < 1e-4 and results["max_hf_residual"] < 1e-4

@@ -12,7 +12,6 @@ test (and the seeds are fixed, so a pass is reproducible); a sampler that ignore
 renormalisation or leaks mass outside the set is rejected with near certainty.
 """
 
-import json
 from pathlib import Path
 
 import pytest
@@ -184,6 +183,7 @@ def gpt2_pair():
     return ours.eval(), hf
 
 
+@pytest.mark.asset("gpt2-tokenizer")
 def test_greedy_generation_matches_hugging_face_generate(gpt2_pair):
     """Greedy decoding (with and without the cache) gives the same 24 tokens as GPT2LMHeadModel.generate(do_sample=False)."""
     ours, hf = gpt2_pair
@@ -193,6 +193,7 @@ def test_greedy_generation_matches_hugging_face_generate(gpt2_pair):
         assert torch.equal(S.generate(ours, prompt, 24, temperature=0.0, use_cache=use_cache), expected)
 
 
+@pytest.mark.asset("gpt2-tokenizer")
 def test_cached_hugging_face_adapter_generates_the_same_tokens(gpt2_pair):
     """CachedHF (Hugging Face's KV cache behind our generate) gives the same sampled tokens, for one seed, as
     recomputing the whole prefix with the plain model at every step."""
@@ -203,6 +204,7 @@ def test_cached_hugging_face_adapter_generates_the_same_tokens(gpt2_pair):
     assert torch.equal(runs[0], runs[1])
 
 
+@pytest.mark.asset("gpt2-tokenizer")
 def test_beam_search_matches_hugging_face_generate(gpt2_pair, measure):
     """Beam search (4 beams, 6 new tokens) returns the same 4 sequences, in order, as GPT2LMHeadModel.generate
     with num_beams=4 and length_penalty=0 (raw log-probability sums), and the same scores (float32, 1e-4)."""
@@ -264,11 +266,11 @@ def test_smollm2_greedy_answer(asset, measure):
     assert text[len(chat):].strip().startswith(answer)
 
 
-def test_results_json_is_current(measure):
+def test_results_json_is_current(committed, measure):
     """results.json (cited by the post) matches the code: the beam-width study's first 20 models recompute to the
-    same optima, width V^(L-1) always finds the optimum, and the KV-cache benchmark generated the same tokens
-    both ways, faster with the cache."""
-    results = json.loads((HERE / "results.json").read_text())
+    same optima (hit rates: argmax decisions, compared exactly), width V^(L-1) always finds the optimum, and the
+    KV-cache benchmark generated the same tokens both ways, faster with the cache."""
+    results = committed
     beams = results["beam_width"]
     small = S.beam_width_study(seeds=20, widths=(1, beams["d_vocab"] ** (beams["length"] - 1)))
     assert small["hit_rate"][1] == 1.0 and beams["hit_rate"][beams["widths"].index(125)] == 1.0

@@ -9,7 +9,6 @@ induction circuit that the scores identify. The slow test trains the full toy an
 """
 
 import importlib
-import json
 import math
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import torch
 from transformer_lens.head_detector import compute_head_attention_similarity_score, get_induction_head_detection_pattern
 
 from checks import assert_parity
+from checks.committed import assert_reproduces, statistical
 from checks.models import smollm2_hooked
 
 from . import induction as I
@@ -179,25 +179,32 @@ def test_head_scores_on_real_models(small_gpt2):
     assert I.head_scores(gpt2, gpt2_tokens, 20)["induction"].max() < 0.2
 
 
-def test_results_json_is_current(trained):
+# The toys are float32 training runs: another CPU's rounding takes another trajectory, so their scores reproduce
+# only to the spread the post states (0.02; the fast toy moved ≤ 5e-7 across ATEN_CPU_CAPABILITY kernels). Which
+# heads win is compared exactly: the scores separate them by far more.
+TRAINED_TOL = statistical(0.02, why="a float32 training run's scores, to the stated spread")
+
+
+def test_results_json_is_current(trained, committed):
     """results.json (cited by the post) matches today's code: the fast toy's analysis is reproduced (scores to
-    0.02, the same heads), the full toy formed an induction head, and all figures exist."""
-    results = json.loads((HERE / "results.json").read_text())
+    0.02, a float32 training run's stated spread, TRAINED_TOL; the same heads), the full toy formed an induction
+    head, and all figures exist."""
+    results = committed
     from dataclasses import asdict
 
     assert results["fast_config"] == asdict(I.FAST) and results["full_config"] == asdict(I.FULL)
     _, _, a = trained
     recorded = results["fast"]
     assert recorded["induction_head"] == a["induction_head"] and recorded["previous_head"] == a["previous_head"]
-    assert recorded["induction_head_score"] == pytest.approx(a["induction_head_score"], abs=0.02)
-    assert recorded["k_composition_pair"] == pytest.approx(a["k_composition_pair"], abs=0.02)
+    keys = ("induction_head_score", "k_composition_pair")
+    assert_reproduces({k: a[k] for k in keys}, {k: recorded[k] for k in keys}, TRAINED_TOL, name="fast")
     assert results["full"]["induction_head_score"] > 0.8
     for name in ("training", "patterns", "scores", "smollm2_induction"):
         assert (HERE / f"figures/{name}.png").stat().st_size > 10_000
 
 
 @pytest.mark.slow
-def test_full_toy_reproduces_the_headline(measure):
+def test_full_toy_reproduces_the_headline(committed, measure):
     """The slow experiment: the full toy (4 heads a layer, LayerNorm, 2000 steps) forms induction heads, the best
     scoring > 0.8, with a repeated-half loss < 0.1 nats; the circuit is identified as in the post: the
     previous-token head K-composes with the induction head above random (> mean + 3 std) and zero-ablating it
@@ -213,7 +220,7 @@ def test_full_toy_reproduces_the_headline(measure):
     assert a["k_composition_pair"] > a["random_baseline_mean"] + 3 * a["random_baseline_std"]
     (pl, ph) = a["previous_head"]
     assert a["second_half_loss_with_head_ablated"][f"L{pl}H{ph}"] > 1
-    recorded = json.loads((HERE / "results.json").read_text())["full"]
+    recorded = committed["full"]
     assert a["previous_head"] == recorded["previous_head"]
     for key in ("induction_scores", "previous_scores", "k_composition"):
-        assert_parity(torch.tensor(a[key]), torch.tensor(recorded[key]), atol=0.02, name=key)
+        assert_reproduces(torch.tensor(a[key]), torch.tensor(recorded[key]), TRAINED_TOL, name=f"full.{key}")

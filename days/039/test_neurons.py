@@ -11,13 +11,13 @@ activation with the same weights to 1e-5 relative.
 
 import copy
 import importlib
-import json
 from pathlib import Path
 
 import pytest
 import torch
 
 from checks import assert_parity
+from checks.committed import SMOLLM2_LOGIT_REL, Tolerance, assert_reproduces
 from checks.models import smollm2_hooked
 
 from . import neurons as N
@@ -193,20 +193,29 @@ def test_neuron_dla_is_activation_times_weight_projection(smol):
     assert_parity(parts["neurons"][:, l, n], a * w / cache["ln_final.hook_scale"][:, -1, 0], atol=1e-6, rtol=1e-5)
 
 
-def test_results_json_is_current(smol):
+# A SmolLM2 logit's float32 error on another CPU, relative to the logits' scale: derived in checks/committed.py.
+SMOL_REL = SMOLLM2_LOGIT_REL
+
+
+def test_results_json_is_current(smol, committed):
     """results.json (cited by the post) is reproduced now: the landmark logit differences, the per-layer
-    attention/MLP attributions (1e-3), the top neurons and their attributions; the recorded contexts come from
-    the stated corpus and end at the activating token; the figures exist."""
+    attention/MLP attributions, the top neurons and their attributions, all in logit units and all within
+    twice a logit's float32 error (2.2e-4 × the largest |logit|, SMOL_REL: each attribution is a part of the logit
+    difference, computed along the same float32 path); the recorded contexts come from the stated corpus and end
+    at the activating token; the figures exist."""
     model, _, correct, wrong, logits, cache = smol
-    results = json.loads((HERE / "results.json").read_text())
+    results = committed
     parts = N.dla_decomposition(model, cache, correct, wrong)
-    assert_parity(torch.tensor(results["logit_diff"]), logit_diffs(logits, correct, wrong), atol=1e-3)
+    err = SMOL_REL * logits.abs().max().item()
+    tol = Tolerance(abs=2 * err, reason=f"a difference of two SmolLM2 logits (or a part of one), each within {err:.1e}")
+    assert_reproduces(logit_diffs(logits, correct, wrong), results["logit_diff"], tol, name="logit_diff")
     attn, mlp = N.dla_by_layer(parts)
-    assert_parity(torch.tensor(results["attn_by_layer"]), attn, atol=1e-3)
-    assert_parity(torch.tensor(results["mlp_by_layer"]), mlp, atol=1e-3)
+    assert_reproduces({"attn_by_layer": attn, "mlp_by_layer": mlp},
+                      {k: results[k] for k in ("attn_by_layer", "mlp_by_layer")}, tol, name="dla")
     assert results["dla_total_error"] < 1e-4
     for entry in results["neurons"]:
-        assert entry["dla"] == pytest.approx(parts["neurons"][:, entry["layer"], entry["neuron"]].mean().item(), abs=1e-4)
+        assert_reproduces(parts["neurons"][:, entry["layer"], entry["neuron"]].mean().item(), entry["dla"], tol,
+                          name=f"neurons.L{entry['layer']}N{entry['neuron']}.dla")
         assert all(c["context"].endswith("⟧") for c in entry["contexts"])
         values = [c["activation"] for c in entry["contexts"]]
         assert values == sorted(values, reverse=True) and values[0] == entry["corpus_max"]
