@@ -275,6 +275,59 @@ def configurations(sweep: SweepConfig, count: int | None = None, seed: int = 0) 
                                "model of the metric); this local runner does grid and random")
 
 
+# ---------------------------------------------------------------- ARENA's ResNet fine-tuning sweep
+
+
+@dataclass
+class ResNetFinetuningArgs:
+    """ARENA 0.3's training arguments for fine-tuning a ResNet34 on CIFAR-10."""
+
+    n_classes: int = 10
+    batch_size: int = 128
+    epochs: int = 3
+    learning_rate: float = 1e-3
+    weight_decay: float = 0.0
+
+
+@dataclass
+class WandbResNetFinetuningArgs(ResNetFinetuningArgs):
+    """The same, logged to W&B."""
+
+    wandb_project: str | None = "arena-day-010"
+    wandb_name: str | None = None
+
+
+def resnet_sweep_config() -> dict:
+    """ARENA's sweep: maximise accuracy; the learning rate log-uniform over three decades, four
+    batch sizes, and weight decay switched off half the time (W&B's format has no mixture: a
+    weighted categorical, 0 with probability 1/2, else one of four decades)."""
+    return dict(
+        method="random",
+        metric=dict(name="accuracy", goal="maximize"),
+        parameters=dict(
+            learning_rate=dict(min=1e-4, max=1e-1, distribution="log_uniform_values"),
+            batch_size=dict(values=[32, 64, 128, 256]),
+            weight_decay=dict(values=[0.0, 1e-5, 1e-4, 1e-3, 1e-2], probabilities=[0.5, 0.125, 0.125, 0.125, 0.125]),
+        ),
+    )
+
+
+sweep_config = resnet_sweep_config()  # ARENA's name for it
+
+
+def update_args(args: WandbResNetFinetuningArgs, sampled_parameters: dict[str, Any]) -> WandbResNetFinetuningArgs:
+    """The run's arguments: ``args`` with each sampled field replaced (``wandb.config`` of a sweep
+    run holds the draws). A key that is not a field is an error, never silently dropped."""
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(args)}
+    unknown = sorted(set(sampled_parameters) - fields)
+    if unknown:
+        raise ValueError(f"sampled parameter(s) {unknown} are not fields of {type(args).__name__} "
+                         f"(fields: {sorted(fields)})")
+    return dataclasses.replace(args, **sampled_parameters)
+
+
 # ---------------------------------------------------------------- reading offline run files
 
 HEADER = b":W&B" + struct.pack("<HB", 0xBEE1, 0)
@@ -482,12 +535,13 @@ def digits_split(seed: int = 0):
     return X[train], y[train], X[val], y[val]
 
 
-def train_digits(config: dict, log: Callable[[dict], None]) -> None:
+def train_digits(config: dict, log: Callable[[dict], None]):
     """Train a 64-hidden-unit MLP on the digits with day 9's optimizer ``config['optimizer']``.
 
     Config keys: optimizer (sgd, rmsprop, adam, adamw), lr, epochs, batch_size, and optionally
     hidden (64), momentum (SGD, 0), weight_decay (0), seed (0). Logs, after each epoch, the
     epoch's mean training loss, the validation cross-entropy and the validation accuracy.
+    Returns the trained model.
     """
     import torch
     import torch.nn.functional as F
@@ -517,6 +571,7 @@ def train_digits(config: dict, log: Callable[[dict], None]) -> None:
             log({"epoch": epoch, "train_loss": total / len(X),
                  "val_loss": F.cross_entropy(logits, yv).item(),
                  "val_accuracy": (logits.argmax(1) == yv).float().mean().item()})
+    return model
 
 
 GRID_SWEEP = """\
@@ -582,7 +637,6 @@ def _summarise(result: SweepResult) -> dict:
 def run_experiment(out_dir: Path) -> dict:
     """Run the grid and the random sweep offline; plot validation loss against learning rate."""
     import matplotlib.pyplot as plt
-    import torch
 
     out_dir = Path(out_dir)
     (out_dir / "figures").mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ import pytest
 from scipy import stats
 
 from checks import assert_parity
+from checks.committed import Tolerance, assert_reproduces, exact, float_ops, statistical
 
 from . import qlearning as L
 
@@ -98,10 +99,14 @@ def test_epsilon_soft_value_iteration_limits():
     assert path == [36, 24, 12] + list(range(13, 24)) + [35, 47]
 
 
+CLIFF_GATE_SEEDS = 5
+
+
 @pytest.fixture(scope="module")
 def cliff_seed0():
-    """Seed 0 of the experiment's Sutton & Barto runs (α = 0.5, ε = 0.1, 500 episodes)."""
-    return L.cliff_runs(n_runs=1)
+    """Seeds 0–4 of the experiment's Sutton & Barto runs (α = 0.5, ε = 0.1, 500 episodes); the
+    gate's claims use seed 0, its reproduction of the committed numbers all five."""
+    return L.cliff_runs(n_runs=CLIFF_GATE_SEEDS)
 
 
 def test_q_learning_learns_the_optimal_cliff_path(cliff_seed0, measure):
@@ -136,14 +141,100 @@ def test_unknown_method_is_rejected():
         L.train(gym.make("CliffWalking-v1"), "expected_sarsa", 1)
 
 
+def _linear_solve_tolerance(mdp, Q) -> Tolerance:
+    """The exact value of Q's ε-greedy policy is a linear solve (I − P_π) V = r_π over n states:
+    relative error ≤ κ·n·u (a backward-stable solve; another BLAS rounds differently), with κ the
+    condition number of this policy's system, computed here."""
+    P, _ = bandits.policy_dynamics(mdp, L.epsilon_greedy_matrix(Q, L.CLIFF["epsilon"]))
+    live = ~mdp.terminal
+    kappa = np.linalg.cond(np.eye(live.sum()) - mdp.gamma * P[np.ix_(live, live)])
+    return float_ops(int(kappa * live.sum()) + 1, why=f"a {live.sum()}-state solve with κ = {kappa:.0f}")
+
+
+EXACT_TABLE = exact("α = 0.5 and integer rewards: every update is IEEE +, −, × (correctly rounded on every "
+                    "CPU, no library function), and ties are tested exactly, so the run repeats bit for bit")
+
+
+def test_cliff_runs_reproduce(committed, cliff_seed0, measure):
+    """The constant-α CliffWalking runs behind the post's numbers, seeds 0–4 of the experiment's 50
+    (the slow test reruns all 50): each seed's Q(start, UP) equals the recorded one exactly (see
+    EXACT_TABLE), and the exact value of its ε-greedy policy equals the recorded one within the
+    rounding of its linear solve (_linear_solve_tolerance)."""
+    mdp = cliff_mdp()
+    worst = 0.0
+    for method in ("sarsa", "q_learning"):
+        rec = committed["cliff"][method]["constant_alpha"]
+        for seed, run in enumerate(cliff_seed0[method]):
+            assert_reproduces(float(run.Q[36, UP]), rec["start_up_q"][seed], EXACT_TABLE,
+                              name=f"{method}.start_up_q[{seed}]")
+            value = float(bandits.policy_evaluation_exact(mdp, L.epsilon_greedy_matrix(run.Q, L.CLIFF["epsilon"]))[36])
+            worst = max(worst, assert_reproduces(value, rec["epsilon_greedy_value_start"][seed],
+                                                 _linear_solve_tolerance(mdp, run.Q),
+                                                 name=f"{method}.epsilon_greedy_value_start[{seed}]"))
+    measure("cliff.epsilon_greedy_value.deviation_from_committed", worst, "≤ 1 (fraction of the tolerance)")
+
+
+def _slippery_tolerances(rows) -> dict:
+    """Q-learning on slippery FrozenLake with a uniformly random behaviour policy: the trajectory
+    does not depend on Q, only the step sizes α = 1/n^0.8 round differently on another CPU (numpy's
+    power: AVX-512 and libm differ by 1 ulp on 5% of n, measured). Each update is a convex
+    combination with γ < 1, so a rounding is never amplified: after N ≤ 100·episodes updates
+    every Q is within 8·N·u·max|Q| (max|Q| ≤ 1) of the committed run's. The number of states whose
+    greedy action is not optimal counts argmax decisions: exact. The value gap of the greedy
+    policy comes from a 16-state linear solve (κ ≤ 1/(1 − γ) = 20) against value iteration
+    stopped at θ = 1e-12 (error ≤ θγ/(1 − γ) ≈ 2e-11, the same on every CPU)."""
+    n_updates = 100 * rows[-1]["episodes"]
+    q = Tolerance(reason=f"≤ {n_updates:.0e} non-expansive updates", abs=float_ops(n_updates).rel)
+    return {"max_abs_q_error": q, "n_suboptimal_states": exact("argmax decisions"),
+            "greedy_value_gap_max": Tolerance(reason="a 16-state solve, κ ≤ 20", abs=float_ops(20 * 16).rel + 1e-12)}
+
+
+def test_slippery_convergence_reproduces(committed, measure):
+    """The post's slippery FrozenLake numbers, rerun now: slippery_convergence (Q-learning, 40 000
+    episodes of uniformly random behaviour, seven checkpoints) gives, at every checkpoint, the
+    recorded error to Q*, the recorded number of states with a suboptimal greedy action and the
+    recorded value gap, within _slippery_tolerances."""
+    now = L.slippery_convergence()
+    then = committed["slippery"]
+    assert now["gamma"] == then["gamma"] and [r["episodes"] for r in now["checkpoints"]] == list(L.SLIPPERY_CHECKPOINTS)
+    assert_reproduces(now["V_star_start"], then["V_star_start"],
+                      float_ops(16 * 20, why="value iteration to θ = 1e-12: a contraction, rounding not amplified",
+                                abs=1e-11), name="slippery.V_star_start")
+    worst = 0.0
+    for key, tol in _slippery_tolerances(now["checkpoints"]).items():
+        for i, (a, b) in enumerate(zip(now["checkpoints"], then["checkpoints"])):
+            worst = max(worst, assert_reproduces(a[key], b[key], tol, name=f"slippery.checkpoints[{i}].{key}"))
+    measure("slippery.deviation_from_committed", worst, "≤ 1 (fraction of the tolerance)")
+    measure("slippery.final_max_abs_q_error", now["checkpoints"][-1]["max_abs_q_error"])
+    rows = now["checkpoints"]
+    assert rows[-1]["n_suboptimal_states"] == 0 and rows[-1]["greedy_value_gap_max"] < 1e-9
+    assert rows[-1]["max_abs_q_error"] < rows[0]["max_abs_q_error"] / 2
+
+
+def _planned(mdp) -> dict:
+    """The planned numbers the post cites: Q*'s and Q_ε's values at the start, V_ε(start), and Q_ε's
+    gap between RIGHT and UP at square 12, where the two safe routes split."""
+    Q_star = mdp.q_from_v(planning.value_iteration(mdp).V)
+    Q_eps = L.epsilon_soft_value_iteration(mdp, L.CLIFF["epsilon"])
+    return {"q_star_start_up": float(Q_star[36, UP]), "q_eps_start_up": float(Q_eps[36, UP]),
+            "v_eps_start": float(bandits.policy_evaluation_exact(mdp, L.epsilon_greedy_matrix(Q_eps, L.CLIFF["epsilon"]))[36]),
+            "q_eps_gap_at_12": float(Q_eps[12, RIGHT] - Q_eps[12, UP])}
+
+
 def test_results_json_is_current(committed, cliff_seed0):
     """The post's CliffWalking numbers: seed 0's greedy paths equal results.json's; the planned
-    paths (Q*: −13, Q_ε: −15) are recomputed; the recorded decaying-α runs satisfy the slow test's
-    claims; the figures exist. The paths are compared exactly: the constant-α runs are scalar
-    float64 updates (IEEE operations, correctly rounded on every CPU, with exact tie tests), and
-    every step of the three paths is an argmax whose best action leads by at least 0.85."""
+    paths (Q*: −13, Q_ε: −15) and planned values are recomputed (value iteration stopped at θ =
+    1e-10 in a problem whose values are about 20: rel 1e-9; the gap at square 12 is a difference
+    of two such values); the recorded decaying-α runs satisfy the slow test's claims; the figures
+    exist. The paths are compared exactly: the constant-α runs are scalar float64 updates (IEEE
+    operations, correctly rounded on every CPU, with exact tie tests), and every step of the
+    three paths is an argmax whose best action leads by at least 0.85."""
     results = committed["cliff"]
     mdp = cliff_mdp()
+    planned_tol = Tolerance(reason="a contraction iterated in float64 until a sweep moves < 1e-10: two roundings "
+                                   "stop within θ·(episode length ≈ 20) of the same fixed point", rel=1e-9, abs=1e-9)
+    assert_reproduces(_planned(mdp), {k: results[k] for k in ("q_star_start_up", "q_eps_start_up", "v_eps_start",
+                                                             "q_eps_gap_at_12")}, planned_tol, name="cliff")
 
     def margin(Q, path):  # how far each greedy choice along the path is from a tie
         return min(np.diff(np.sort(Q[s]))[-1] for s in path[:-1])
@@ -177,18 +268,54 @@ def _check_decaying_alpha_claims(cliff: dict) -> None:
     assert max(q["epsilon_greedy_value_start"]) < min(sarsa["epsilon_greedy_value_start"])
 
 
+def _spread(values: list[float]) -> float:
+    return max(values) - min(values)
+
+
 @pytest.mark.slow
-def test_experiment_learns_the_planned_optima(tmp_path, measure):
-    """Slow: with Robbins–Monro step sizes (10 000 episodes, 5 seeds) each method heads for its own
-    planned optimum (see _check_decaying_alpha_claims); on slippery FrozenLake Q-learning's greedy
-    policy is optimal in every state by 40 000 episodes and max |Q − Q*| has more than halved."""
+def test_experiment_reproduces_its_results(tmp_path, committed, measure):
+    """Slow: the whole experiment again, and every number the post cites from it. With Robbins–
+    Monro step sizes (10 000 episodes, 5 seeds) each method heads for its own planned optimum (see
+    _check_decaying_alpha_claims); on slippery FrozenLake Q-learning's greedy policy is optimal in
+    every state by 40 000 episodes and max |Q − Q*| has more than halved. Reproduction: the 50
+    constant-α runs exactly (their online returns, greedy-path counts and Q(start, UP); see
+    EXACT_TABLE), their policies' exact values within the rounding of the linear solve (κ ≤ 8 100
+    over the 50 policies, measured); the planned numbers as in test_results_json_is_current; the
+    slippery rows within _slippery_tolerances. The decaying-α runs act ε-greedily on Q, whose step
+    sizes round differently by CPU, so a near-tie may send a run elsewhere on another machine:
+    their numbers reproduce up to the spread between the five seeds (statistical), their
+    greedy-path counts within one seed."""
     results = L.run_experiment(tmp_path)
-    cliff = results["cliff"]
+    cliff, then = results["cliff"], committed["cliff"]
     _check_decaying_alpha_claims(cliff)
+    for method in ("sarsa", "q_learning"):
+        now_c, then_c = cliff[method]["constant_alpha"], then[method]["constant_alpha"]
+        assert_reproduces(cliff[method]["mean_online_return_last_100"], then[method]["mean_online_return_last_100"],
+                          EXACT_TABLE, name=f"{method}.mean_online_return_last_100")
+        assert_reproduces({k: now_c[k] for k in ("greedy_path_return_counts", "seed0_greedy_path", "start_up_q")},
+                          {k: then_c[k] for k in ("greedy_path_return_counts", "seed0_greedy_path", "start_up_q")},
+                          EXACT_TABLE, name=f"{method}.constant_alpha")
+        assert_reproduces(now_c["epsilon_greedy_value_start"], then_c["epsilon_greedy_value_start"],
+                          float_ops(8_100 * 48, why="48-state solves, κ ≤ 8 100"),
+                          name=f"{method}.constant_alpha.epsilon_greedy_value_start")
+        now_d, then_d = cliff[method]["decaying_alpha"], then[method]["decaying_alpha"]
+        for key in ("start_up_q", "epsilon_greedy_value_start"):
+            assert_reproduces(now_d[key], then_d[key], statistical(_spread(then_d[key]), why="the spread of 5 seeds"),
+                              name=f"{method}.decaying_alpha.{key}")
+        counts = set(now_d["greedy_path_return_counts"]) | set(then_d["greedy_path_return_counts"])
+        assert_reproduces({c: now_d["greedy_path_return_counts"].get(c, 0) for c in counts},
+                          {c: then_d["greedy_path_return_counts"].get(c, 0) for c in counts},
+                          statistical(1, why="one seed may take the other route"), name=f"{method}.decaying_alpha.counts")
+    for key in ("q_star_start_up", "q_eps_start_up", "v_eps_start", "q_eps_gap_at_12"):
+        assert_reproduces(cliff[key], then[key], Tolerance(reason="a contraction iterated to θ = 1e-10", rel=1e-9,
+                                                           abs=1e-9), name=key)
+    rows = results["slippery"]["checkpoints"]
+    for key, tol in _slippery_tolerances(rows).items():
+        assert_reproduces([r[key] for r in rows], [r[key] for r in committed["slippery"]["checkpoints"]], tol,
+                          name=f"slippery.{key}")
     sarsa = cliff["sarsa"]["decaying_alpha"]
     measure("slow.sarsa_seeds_on_the_q_eps_path", sarsa["greedy_path_return_counts"].get("-15", 0))
     measure("slow.sarsa_value_gap_to_v_eps", max(abs(v - cliff["v_eps_start"]) for v in sarsa["epsilon_greedy_value_start"]), "< 1")
-    rows = results["slippery"]["checkpoints"]
     measure("slow.slippery.final_max_abs_q_error", rows[-1]["max_abs_q_error"])
     assert rows[-1]["n_suboptimal_states"] == 0 and rows[-1]["greedy_value_gap_max"] < 1e-9
     assert rows[-1]["max_abs_q_error"] < rows[0]["max_abs_q_error"] / 2

@@ -260,6 +260,66 @@ def epsilon_greedy(q_net: nn.Module, obs: np.ndarray, epsilon: float, n_actions:
         return int(q_net(torch.as_tensor(obs, dtype=torch.float32)[None]).argmax(-1).item())
 
 
+# ---------------------------------------------------------------- the agent in vectorised environments
+
+
+def make_envs(env_id: str, num_envs: int, **kwargs) -> gym.vector.SyncVectorEnv:
+    """``num_envs`` copies of ``env_id`` (``kwargs`` go to ``gym.make``) that reset an environment
+    in the step its episode ends, putting the final observation in ``infos["final_obs"]``: the
+    convention of ARENA's Gymnasium, where every step of every environment is a transition."""
+    return gym.vector.SyncVectorEnv([lambda: gym.make(env_id, **kwargs) for _ in range(num_envs)],
+                                    autoreset_mode=gym.vector.AutoresetMode.SAME_STEP)
+
+
+def epsilon_greedy_policy(envs: gym.vector.VectorEnv, q_network: nn.Module, rng: np.random.Generator,
+                          obs: Float[np.ndarray, "num_envs *obs_shape"], epsilon: float) -> Int[np.ndarray, "num_envs"]:
+    """One action per environment: argmax_a Q(obs, a), or with probability ε a uniformly random
+    action, with an independent coin for each environment (ARENA tosses one coin per batch)."""
+    n, n_actions = envs.num_envs, int(envs.single_action_space.n)
+    with torch.inference_mode():
+        greedy = q_network(torch.as_tensor(obs, dtype=torch.float32)).argmax(-1).cpu().numpy()
+    explore = rng.random(n) < epsilon
+    return np.where(explore, rng.integers(0, n_actions, size=n), greedy)
+
+
+class DQNAgent:
+    """ARENA's agent: acts ε-greedily in vectorised environments and fills the replay buffer."""
+
+    def __init__(self, envs: gym.vector.VectorEnv, buffer: ReplayBuffer, q_network: nn.Module, start_e: float,
+                 end_e: float, exploration_fraction: float, total_timesteps: int, rng: np.random.Generator,
+                 seed: int | None = None):
+        if envs.metadata.get("autoreset_mode") != gym.vector.AutoresetMode.SAME_STEP:
+            raise ValueError("DQNAgent needs environments that reset in the step an episode ends "
+                             "(autoreset_mode=AutoresetMode.SAME_STEP, see make_envs): with next-step "
+                             "autoreset, the step after an episode's end is a reset, not a transition")
+        self.envs, self.buffer, self.q_network, self.rng = envs, buffer, q_network, rng
+        self.start_e, self.end_e = start_e, end_e
+        self.exploration_fraction, self.total_timesteps = exploration_fraction, total_timesteps
+        self.step = 0
+        self.epsilon = start_e
+        self.obs, _ = envs.reset(seed=seed)
+
+    def get_actions(self, obs: np.ndarray) -> np.ndarray:
+        """ε-greedy actions, with ε from the linear schedule at the agent's current step."""
+        self.epsilon = linear_schedule(self.step, self.start_e, self.end_e, self.exploration_fraction, self.total_timesteps)
+        return epsilon_greedy_policy(self.envs, self.q_network, self.rng, obs, self.epsilon)
+
+    def play_step(self) -> dict:
+        """One step of every environment: act, store each environment's transition (with the true
+        final observation where an episode ended, and `terminated`, not `truncated`), move on.
+        Returns the environments' infos."""
+        actions = self.get_actions(self.obs)
+        next_obs, rewards, terminated, truncated, infos = self.envs.step(actions)
+        true_next_obs = next_obs.copy()
+        for i in np.flatnonzero(terminated | truncated):  # next_obs already starts the next episode there
+            true_next_obs[i] = infos["final_obs"][i]
+        for i in range(self.envs.num_envs):
+            self.buffer.add(self.obs[i], actions[i], rewards[i], true_next_obs[i], terminated[i])
+        self.obs = next_obs
+        self.step += 1
+        return infos
+
+
 # ---------------------------------------------------------------- the loss
 
 
