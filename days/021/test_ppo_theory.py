@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch.distributions import Categorical, kl_divergence
 
 from checks import assert_parity, grad_check
-from checks.committed import assert_reproduces, float_ops, iterated
+from checks.committed import Tolerance, assert_reproduces, float_ops, iterated, log_space
 
 from . import ppo_theory as P
 
@@ -234,6 +234,60 @@ def test_gae_is_the_lambda_weighted_average_of_n_step_advantages(measure):
     assert_parity(P.n_step_advantage(r, v, nv, terminated, ends, gamma, T), P.gae(r, v, nv, terminated, ends, gamma, 1.0), atol=1e-12)
 
 
+def _n_step_by_td_errors(r, v, nv, terminated, ends, gamma, n):
+    """Â^(n)_t = Σ_{l<m} γ^l δ_{t+l}, m = min(n, L_t), L_t the steps of t's episode left in the rollout:
+    the telescoped form, in numpy, with the episode of each step read off a running count of ends (no
+    loop over the definition's rewards, so it shares no line with n_step_advantage)."""
+    r, v, nv = (np.asarray(x, dtype=np.float64) for x in (r, v, nv))
+    terminated, ends = np.asarray(terminated), np.asarray(ends)
+    delta = r + gamma * np.where(terminated, 0.0, nv) - v
+    episode = np.cumsum(ends) - ends  # the episode index of each step
+    out = np.zeros(len(r))
+    for t in range(len(r)):
+        left = int((episode[t:] == episode[t]).sum())  # steps t … end of its episode (or of the rollout)
+        m = min(n, left)
+        out[t] = sum(gamma**l * delta[t + l] for l in range(m))
+    return out
+
+
+def test_n_step_advantage_hand_built_rollout_cut_mid_episode():
+    """ARENA/GAE paper: Â^(n)_t = Σ_{l<m} γ^l r_{t+l} + γ^m V(s_{t+m}) − V(s_t), truncated at the episode's end
+    and at the rollout's. A 4-step rollout, γ = 0.5, step 1 terminates, the rollout is cut after step 3 in
+    the middle of the second episode. With n = 3, larger than the steps left: Â_0 = r_0 + γ r_1 − V(s_0)
+    (no bootstrap past the termination, nothing from the next episode); Â_2 = r_2 + γ r_3 + γ² V(s_4) − V(s_2)
+    (bootstrapped from the state after the rollout's last step); Â_3 = r_3 + γ V(s_4) − V(s_3). Had step 1
+    been a truncation, Â_0 gains γ² V(s_2^final)."""
+    r, v = _t([1.0, 2.0, 4.0, 8.0]), _t([0.5, 0.25, 1.0, 3.0])
+    nv = _t([0.25, 16.0, 3.0, 32.0])  # V(s_t+1): step 1 reached a final state worth 16 (if truncated)
+    ends = torch.tensor([False, True, False, False])
+    expected = [1 + 0.5 * 2 - 0.5, 2 - 0.25, 4 + 0.5 * 8 + 0.25 * 32 - 1.0, 8 + 0.5 * 32 - 3.0]
+    assert P.n_step_advantage(r, v, nv, ends, ends, 0.5, 3).tolist() == expected
+    truncated = P.n_step_advantage(r, v, nv, torch.zeros(4, dtype=torch.bool), ends, 0.5, 3).tolist()
+    assert truncated == [expected[0] + 0.25 * 16, expected[1] + 0.5 * 16, *expected[2:]]
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 12, 40])
+def test_n_step_advantage_matches_the_telescoped_td_sum(n, measure):
+    """Â^(n)_t written from the rewards equals Σ_{l<m} γ^l δ_{t+l} (the values telescope), m = min(n, steps of
+    t's episode left in the rollout), on 3 rollouts of 30 steps with random ends (half terminations) that
+    are cut mid-episode, for n from 1 to larger than the rollout (float64, 1e-12)."""
+    rng = np.random.default_rng(11)
+    worst = 0.0
+    for _ in range(3):
+        T, gamma = 30, 0.9
+        r, v, final = rng.normal(size=T), rng.normal(size=T), rng.normal(size=T)
+        ends = rng.random(T) < 0.15
+        ends[-1] = False  # the rollout stops in the middle of an episode
+        terminated = ends & (rng.random(T) < 0.5)
+        # V(s_t+1) is the next step's V(s) inside an episode (what makes the values telescope); at an end it
+        # is the final state's, and after the last step the state the rollout stopped in
+        nv = np.where(ends, final, np.append(v[1:], final[-1]))
+        expected = _n_step_by_td_errors(r, v, nv, terminated, ends, gamma, n)
+        ours = P.n_step_advantage(_t(r), _t(v), _t(nv), torch.tensor(terminated), torch.tensor(ends), gamma, n)
+        worst = max(worst, assert_parity(ours, expected, atol=1e-12, name=f"n={n}").max_abs_err)
+    measure(f"n_step_vs_td_sum.n_{n}.max_abs_err", worst, "≤ 1e-12")
+
+
 def test_gae_operator_structure():
     """M is upper triangular with unit diagonal, zero across episode boundaries, and (γλ)^(s−t) inside
     an episode: for ends after steps 2 and 4 of 6, M is block diagonal with blocks of sizes 3, 2, 1."""
@@ -254,8 +308,9 @@ def test_gae_operator_structure():
 def test_clipping_keeps_a_reused_batch_near_the_old_policy(committed, measure):
     """300 Adam steps on one batch: the unclipped importance-sampled surrogate drives the policy to
     near-determinism (KL(π_old ‖ π) > 1), while L^CLIP keeps it close (KL < 0.1, every action's
-    probability ratio within [0.5, 1.5]); results.json holds these very numbers (same seeds), to the
-    float64 rounding of 300 steps through 512-sample means (relative 7e-10, see TRUST_REGION_TOL)."""
+    probability ratio within [0.5, 1.5]); results.json holds these very numbers (same seeds: the final KLs and
+    the clipped run's peak KL, which the post cites), to the float64 rounding of 300 steps through 512-sample
+    means (relative 7e-10, see TRUST_REGION_TOL)."""
     tr = P.clipping_trust_region()
     measure("trust_region.clipped_kl", tr["clipped_kl"][-1], "< 0.1")
     measure("trust_region.unclipped_kl", tr["unclipped_kl"][-1], "> 1")
@@ -263,9 +318,11 @@ def test_clipping_keeps_a_reused_batch_near_the_old_policy(committed, measure):
     ratios = np.array(tr["clipped_final_probs"]) / np.array(tr["old_probs"])
     assert ratios.min() > 0.5 and ratios.max() < 1.5
     recorded = committed["trust_region"]
-    worst = assert_reproduces({"clipped": tr["clipped_kl"][-1], "unclipped": tr["unclipped_kl"][-1]},
-                              {"clipped": recorded["clipped_final_kl"], "unclipped": recorded["unclipped_final_kl"]},
-                              TRUST_REGION_TOL, name="trust_region.final_kl")
+    worst = assert_reproduces({"clipped": tr["clipped_kl"][-1], "unclipped": tr["unclipped_kl"][-1],
+                               "clipped_peak": max(tr["clipped_kl"])},
+                              {"clipped": recorded["clipped_final_kl"], "unclipped": recorded["unclipped_final_kl"],
+                               "clipped_peak": recorded["clipped_peak_kl"]},
+                              TRUST_REGION_TOL, name="trust_region.kl")
     measure("trust_region.final_kl_vs_committed", worst, "≤ 1 (fraction of the tolerance)")
 
 
@@ -281,18 +338,136 @@ TRUST_REGION_TOL = iterated(300 * 512, growth=5, why="300 float64 Adam steps thr
 # so each entry is off by ≤ 8·n·u·0.15 ≈ 1.3e-11 absolute (the std also by n·u relative).
 KL_TABLE_TOL = float_ops(100_000, abs=0.15 * float_ops(100_000).rel,
                          why="means and stds of 100 000 float64 samples of |k| ≤ 0.15 (Higham: n·u·max|x|)")
+# The same bound for the larger shifts (0.2 … 2): over all 10 actions every |k_i| ≤ 6.7 (k3 at shift 2, where
+# r reaches e^2.6), so each entry is off by ≤ 8·n·u·7 ≈ 6e-10 absolute.
+KL_TABLE_TOL_LARGE = float_ops(100_000, abs=7 * float_ops(100_000).rel,
+                               why="means and stds of 100 000 float64 samples of |k| ≤ 7 (Higham: n·u·max|x|)")
 
 
-def test_results_json_is_current(committed):
-    """results.json's KL-estimator table is reproduced (same seed, the first two shifts; float64 means over
-    100 000 samples, so to 1.3e-11 absolute, KL_TABLE_TOL), and its GAE sweep shows the trade-off the theory
-    predicts: |bias| shrinks and variance grows as λ → 1."""
+def _summary_tol(table_tol, kl: float):
+    """kl_small/kl_large divide a table entry's error (mean − KL, or std) by the KL: ≤ 2·abs/KL."""
+    return Tolerance(abs=2 * table_tol.abs / kl, reason=f"two table entries within {table_tol.abs:.2g}, divided by the KL {kl:.3g}")
+
+
+def check_kl_table(rows, results):
+    """The KL table and the two rows the post cites (kl_small: shift 0.1, kl_large: shift 2), against results.json."""
+    worst = assert_reproduces(rows[:2], results["kl_estimators"][:2], KL_TABLE_TOL, name="kl_estimators")
+    worst = max(worst, assert_reproduces(rows[2:], results["kl_estimators"][2:], KL_TABLE_TOL_LARGE, name="kl_estimators"))
+    for key, row, tol in (("kl_small", rows[1], KL_TABLE_TOL), ("kl_large", rows[-1], KL_TABLE_TOL_LARGE)):
+        worst = max(worst, assert_reproduces(P._kl_summary(row), results[key], _summary_tol(tol, row["kl"]), name=key))
+    return worst
+
+
+def test_results_json_is_current(committed, measure):
+    """results.json's KL-estimator table is reproduced at every shift (same seed; float64 means over 100 000
+    samples: 1.3e-11 absolute for the first two shifts, KL_TABLE_TOL, 6e-10 for the rest, KL_TABLE_TOL_LARGE),
+    and so are the two rows the post cites, as relative bias and spread (kl_small, kl_large); its GAE sweep
+    shows the trade-off the theory predicts: |bias| shrinks and variance grows as λ → 1."""
     results = committed
-    rows = P.kl_estimator_statistics(P.KL_SHIFTS[:2])
-    assert_reproduces(rows, results["kl_estimators"][:2], KL_TABLE_TOL, name="kl_estimators")
+    worst = check_kl_table(P.kl_estimator_statistics(P.KL_SHIFTS), results)
+    measure("kl_table_vs_committed", worst, "≤ 1 (fraction of the tolerance)")
     bv = results["gae_bias_variance"]
     assert [row["lam"] for row in bv] == P.LAMBDAS
     bias, var = [abs(row["bias"]) for row in bv], [row["variance"] for row in bv]
     assert all(b1 >= b2 for b1, b2 in zip(bias, bias[1:])) and all(v1 <= v2 for v1, v2 in zip(var, var[1:]))
     for name in ("clipped_objective", "trust_region", "kl_estimators", "gae_bias_variance"):
         assert (HERE / f"figures/{name}.png").stat().st_size > 10_000
+
+
+# ---------------------------------------------------------------- GAE's bias and variance (the post's @fig-gae)
+
+
+def test_chain_mrp_is_the_exact_value_of_the_random_walk(measure):
+    """The chain's V solves the Bellman equation V(s) = −0.1 + p[1(s+1 = end)·1 + γV(s+1)] + (1 − p)γV(s−1)
+    (terminal states worth 0), here by 2 000 sweeps of iterative policy evaluation in plain Python (a
+    different route than the linear solve; contraction γ = 0.95, so the sweeps converge to 1e-40); the
+    advantages are Q − V of each move, and average to 0 under the policy: p·A(→) + (1 − p)·A(←) = 0
+    (float64, 1e-12)."""
+    mrp = P.chain_mrp()
+    n, gamma, p = mrp["n_states"], mrp["gamma"], mrp["p_right"]
+    terminal = {0, n - 1}
+    value = lambda V, s: 0.0 if s in terminal else V[s]
+    q_right = lambda V, s: -0.1 + (1.0 if s + 1 == n - 1 else gamma * value(V, s + 1))
+    q_left = lambda V, s: -0.1 + gamma * value(V, s - 1)
+    V = [0.0] * n
+    for _ in range(2000):
+        V = [0.0 if s in terminal else p * q_right(V, s) + (1 - p) * q_left(V, s) for s in range(n)]
+    report = assert_parity(mrp["V"], V, atol=1e-12, name="chain_V")
+    inner = range(1, n - 1)
+    assert_parity(mrp["adv_right"], [q_right(V, s) - V[s] for s in inner], atol=1e-12)
+    assert_parity(mrp["adv_left"], [q_left(V, s) - V[s] for s in inner], atol=1e-12)
+    assert_parity(p * mrp["adv_right"] + (1 - p) * mrp["adv_left"], np.zeros(n - 2), atol=1e-12)
+    measure("chain_V_vs_policy_evaluation.max_abs_err", report.max_abs_err, "≤ 1e-12")
+
+
+def test_gae_is_unbiased_with_the_exact_critic(measure):
+    """The premise of @fig-gae: GAE's bias comes from the critic alone. With the exact V (shrink = 0), every λ
+    from 0 to 1 estimates the advantage gap without bias: |bias| below 4 standard errors √(variance/n) on
+    5 000 rollouts per move; with the untrained critic (V̂ = 0) the bias at λ = 0 is over 20 standard errors."""
+    n = 5_000
+    exact = P.gae_bias_variance(P.LAMBDAS, n_rollouts=n, shrink=0.0)
+    z = [abs(row["bias"]) / math.sqrt(row["variance"] / n) for row in exact]
+    measure("exact_critic.max_bias_z", max(z), "< 4")
+    assert max(z) < 4
+    untrained = P.gae_bias_variance([0.0], n_rollouts=n)[0]
+    assert abs(untrained["bias"]) / math.sqrt(untrained["variance"] / n) > 20
+
+
+# The sweep's numbers are means and variances over 20 000 rollouts per move of GAE estimates |Â| ≤ 2.2 (each
+# a ≤ 16-term float64 sum, so rounding enters through ≈ 20 016 operations): Higham's n·u·max|x| for each mean
+# (the bias is a difference of two), n·u·max|x|² for each variance (two added), so 8·n·u·(2·2.2²) ≈ 1.7e-10
+# absolute bounds bias, variance and their mse. The rollouts themselves are numpy's PCG64 draws: exact.
+GAE_SWEEP_TOL = float_ops(20_016, abs=10 * float_ops(20_016).rel,
+                          why="means and variances of 20 000 GAE sums of |Â| ≤ 2.2 (Higham: n·u·max|x|²)")
+
+
+def check_gae_sweep(bv, results):
+    """The sweep, its best λ (an argmin whose margin, 1.4e-3 in mse, is 10⁷ × the tolerance) and the mse the post cites."""
+    worst = assert_reproduces(bv, results["gae_bias_variance"], GAE_SWEEP_TOL, name="gae_bias_variance")
+    best = min(bv, key=lambda row: row["mse"])
+    assert best["lam"] == results["gae_best_lambda"]
+    mse = {"lam_0": bv[0]["mse"], "lam_1": bv[-1]["mse"], "best": best["mse"]}
+    return max(worst, assert_reproduces(mse, results["gae_mse"], GAE_SWEEP_TOL, name="gae_mse"))
+
+
+def test_gae_bias_variance_reproduces_the_posts_numbers(committed, measure):
+    """The sweep behind @fig-gae, rerun in full (13 λ, 20 000 rollouts per move, the same seed): every row's
+    bias, variance and mse equal results.json's to GAE_SWEEP_TOL (1.7e-10 absolute), the best λ is the same,
+    and the trade-off holds on the recomputed numbers: |bias| shrinks and variance grows as λ → 1, and the
+    mse is lowest strictly inside (0, 1)."""
+    bv = P.gae_bias_variance(P.LAMBDAS)
+    worst = check_gae_sweep(bv, committed)
+    measure("gae_sweep_vs_committed", worst, "≤ 1 (fraction of the tolerance)")
+    measure("gae_best_lambda", min(bv, key=lambda row: row["mse"])["lam"])
+    bias, var, mse = ([abs(row[k]) for row in bv] for k in ("bias", "variance", "mse"))
+    assert all(b1 >= b2 for b1, b2 in zip(bias, bias[1:])) and all(v1 <= v2 for v1, v2 in zip(var, var[1:]))
+    assert 0 < int(np.argmin(mse)) < len(mse) - 1
+
+
+@pytest.mark.slow
+def test_experiment_reproduces_every_cited_number(tmp_path, committed, measure):
+    """Slow: run_experiment rerun in full, every number the post cites against results.json: the trust
+    region's KLs (TRUST_REGION_TOL), the KL table and its two cited rows (KL_TABLE_TOL, KL_TABLE_TOL_LARGE),
+    the GAE sweep (GAE_SWEEP_TOL), and the GAE timings. A timing does not reproduce: each is compared in
+    log space within one decade (a busy or another CPU moves a best-of-5 time by tens of percent, not tenfold),
+    and the claims the post makes of them are checked: the operator is faster than day 20's loop at T = 128,
+    and the loop faster at T = 2048."""
+    results = P.run_experiment(tmp_path)
+    tr, recorded = results["trust_region"], committed["trust_region"]
+    keys = ("clipped_final_kl", "unclipped_final_kl", "clipped_peak_kl")
+    worst = assert_reproduces({k: tr[k] for k in keys}, {k: recorded[k] for k in keys}, TRUST_REGION_TOL, name="trust_region")
+    worst = max(worst, check_kl_table(results["kl_estimators"], committed), check_gae_sweep(results["gae_bias_variance"], committed))
+    measure("slow.deterministic_vs_committed", worst, "≤ 1 (fraction of the tolerance)")
+    timings = log_space(1.0, why="best-of-5 wall times: reproducible in order of magnitude only")
+    shape = [(row["T"], row["n_envs"]) for row in results["gae_benchmark"]]
+    assert shape == [(row["T"], row["n_envs"]) for row in committed["gae_benchmark"]] == P.GAE_SIZES
+    decades = assert_reproduces([{k: row[k] for k in ("loop_s", "operator_s", "loop_over_operator")} for row in results["gae_benchmark"]],
+                                [{k: row[k] for k in ("loop_s", "operator_s", "loop_over_operator")} for row in committed["gae_benchmark"]],
+                                timings, name="gae_benchmark")
+    decades = max(decades, assert_reproduces(results["gae_speed"], committed["gae_speed"], timings, name="gae_speed"))
+    measure("slow.timings_decades_from_committed", decades, "≤ 1")
+    measure("slow.operator_speedup_at_T128", results["gae_speed"]["operator_speedup_at_T128"], "> 1")
+    measure("slow.loop_speedup_at_T2048", results["gae_speed"]["loop_speedup_at_T2048"], "> 1")
+    assert results["gae_speed"]["operator_speedup_at_T128"] > 1 and results["gae_speed"]["loop_speedup_at_T2048"] > 1
+    for name in ("clipped_objective", "trust_region", "kl_estimators", "gae_bias_variance"):
+        assert (tmp_path / f"figures/{name}.png").stat().st_size > 10_000

@@ -21,6 +21,10 @@ One deliberate difference from ARENA and CleanRL: an episode cut by the time lim
 steps) is *not* treated as a termination. Gymnasium's same-step autoreset hands back the true
 final observation, and δ_t keeps γ V(s_final) there; only a termination zeroes the bootstrap.
 
+ARENA's pieces under ARENA's names: ``PPOAgent.play_step`` (one step of the agent in the vectorised
+environment, stored in a ``ReplayMemory``) makes the rollout, and ``PPOScheduler`` anneals the learning
+rate, stepped once after every learning phase.
+
 The trainer has two hooks, ``after_minibatch`` and ``after_phase``, that do nothing here: day 23
 overrides them to compute its diagnostics, and overrides the methods themselves to plant bugs.
 """
@@ -109,6 +113,96 @@ class Rollout:
     ends: Bool[Tensor, "T E"]  # terminated or truncated
 
 
+class ReplayMemory:
+    """ARENA's ReplayMemory: the transitions of one rollout, one row of num_envs per step, time first.
+
+    Besides ARENA's (obs, action, logprob, value, reward, done) each step keeps the state actually reached
+    (the true final one at an episode end) and both end flags: a termination removes the bootstrap, an end
+    of either kind stops the advantage sum (see the module docstring)."""
+
+    FIELDS = ("obs", "actions", "logprobs", "values", "rewards", "next_obs", "terminated", "ends")
+
+    def __init__(self, num_envs: int):
+        self.num_envs = num_envs
+        self.reset()
+
+    def reset(self) -> None:
+        """Empty the memory (ARENA does this after every learning phase)."""
+        for name in self.FIELDS:
+            setattr(self, name, [])
+
+    def add(self, **step: Tensor) -> None:
+        """Store one step of every environment: each field a tensor with num_envs rows."""
+        for name in self.FIELDS:
+            getattr(self, name).append(step[name])
+
+    def __len__(self) -> int:
+        """Transitions stored: steps × num_envs."""
+        return len(self.obs) * self.num_envs
+
+    def rollout(self, critic: nn.Module) -> Rollout:
+        """The stored steps stacked (time first), with V(s_t+1) of each reached state from ``critic``."""
+        fields = {name: torch.stack(getattr(self, name)) for name in self.FIELDS}
+        with torch.no_grad():
+            fields["next_values"] = critic(fields["next_obs"])[..., 0]
+        return Rollout(**fields)
+
+
+class PPOAgent:
+    """ARENA's PPOAgent: the actor and the critic acting in a vectorised environment, filling a ReplayMemory."""
+
+    def __init__(self, envs: SyncVectorEnv, actor: nn.Module, critic: nn.Module, memory: ReplayMemory,
+                 generator: torch.Generator, seed: int):
+        self.envs, self.actor, self.critic, self.memory, self.generator = envs, actor, critic, memory, generator
+        obs, _ = envs.reset(seed=[seed + i for i in range(envs.num_envs)])
+        self.next_obs = torch.as_tensor(obs, dtype=torch.float32)  # where the next step starts
+        self.step = 0  # environment steps so far, all environments counted
+
+    def sample_actions(self, logits: Float[Tensor, "E n_actions"]) -> Int[Tensor, "E"]:
+        """a ~ Categorical(softmax(logits)), from the agent's own generator (reproducible)."""
+        return torch.multinomial(torch.softmax(logits, -1), 1, generator=self.generator)[:, 0]
+
+    def play_step(self) -> dict:
+        """One step of every environment: sample a ~ π_old(· | s), store (s, a, log π_old(a | s), V_old(s), r,
+        the state reached, terminated, ended) in the memory and return Gymnasium's infos. At an episode end the
+        environment has already been reset (same-step autoreset): the true final observation comes from
+        ``infos["final_obs"]`` and is stored for the bootstrap, and ``next_obs`` is the new episode's first."""
+        obs = self.next_obs
+        with torch.no_grad():
+            logits, values = self.actor(obs), self.critic(obs)[..., 0]
+        actions = self.sample_actions(logits)
+        next_obs, rewards, terminated, truncated, infos = self.envs.step(actions.numpy())
+        ends = terminated | truncated
+        reached = np.array(next_obs, dtype=np.float32, copy=True)
+        for i in np.flatnonzero(ends):
+            reached[i] = infos["final_obs"][i]
+        self.memory.add(obs=obs, actions=actions, logprobs=vpg.log_probs(logits, actions), values=values,
+                        rewards=torch.as_tensor(rewards, dtype=torch.float32), next_obs=torch.from_numpy(reached),
+                        terminated=torch.as_tensor(terminated), ends=torch.as_tensor(ends))
+        self.next_obs = torch.as_tensor(next_obs, dtype=torch.float32)
+        self.step += self.envs.num_envs
+        return infos
+
+
+class PPOScheduler:
+    """ARENA's PPOScheduler: after k of ``total_phases`` calls to ``step``, every param group's learning rate
+    is initial + (k / total_phases)·(end − initial), a linear decay from initial_lr to end_lr."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, initial_lr: float, end_lr: float, total_phases: int):
+        self.optimizer, self.initial_lr, self.end_lr, self.total_phases = optimizer, initial_lr, end_lr, total_phases
+        self.n_step_calls = 0
+
+    def step(self) -> None:
+        """Advance one phase and set the lr of every param group. Written end + (initial − end)·(1 − k/N), the
+        same line as ARENA's: with end = 0 it is initial·(1 − k/N) to the last bit."""
+        if self.n_step_calls >= self.total_phases:
+            raise ValueError(f"PPOScheduler stepped beyond its {self.total_phases} phases")
+        self.n_step_calls += 1
+        frac = self.n_step_calls / self.total_phases
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.end_lr + (self.initial_lr - self.end_lr) * (1 - frac)
+
+
 @dataclass
 class PPORun:
     """What a training run leaves behind."""
@@ -122,7 +216,10 @@ class PPORun:
 
 
 class PPOTrainer:
-    """Rollouts with a vectorised environment, then K epochs of minibatch updates on L^CLIP − c_v L^V + c_e H."""
+    """Rollouts with a vectorised environment, then K epochs of minibatch updates on L^CLIP − c_v L^V + c_e H.
+
+    ``self.agent`` is the actor-critic network (day 20's); ``self.ppo_agent`` is ARENA's PPOAgent that acts
+    with it (ARENA's trainer calls the latter ``self.agent``)."""
 
     def __init__(self, config: PPOConfig, make_env: Callable[[], gym.Env] | None = None):
         self.config = config
@@ -130,55 +227,43 @@ class PPOTrainer:
         self.generator = torch.Generator().manual_seed(config.seed)
         make_env = make_env or make_env_fn(config.env_id)
         self.envs = SyncVectorEnv([make_env for _ in range(config.num_envs)], autoreset_mode=AutoresetMode.SAME_STEP)
-        obs, _ = self.envs.reset(seed=[config.seed + i for i in range(config.num_envs)])
-        self.obs = torch.as_tensor(obs, dtype=torch.float32)
         obs_dim = int(np.prod(self.envs.single_observation_space.shape))
         with single_thread():  # orthogonal init runs a QR: its last bits depend on the thread count
             self.agent = a2c.ActorCritic(obs_dim, int(self.envs.single_action_space.n), config.hidden)
+        self.memory = ReplayMemory(config.num_envs)
+        self.ppo_agent = PPOAgent(self.envs, self.agent.actor, self.agent.critic, self.memory, self.generator, config.seed)
         self.optimizer = torch.optim.Adam(self.agent.parameters(), lr=config.lr, eps=config.adam_eps, maximize=True)
-        self.step = 0  # environment steps so far, all environments counted
+        self.scheduler = PPOScheduler(self.optimizer, config.lr, 0.0 if config.anneal_lr else config.lr, config.num_phases)
         self.phase = 0
         self._running_returns = np.zeros(config.num_envs)
         self.run = PPORun(self.agent)
+
+    @property
+    def obs(self) -> Float[Tensor, "E obs_dim"]:
+        """The observation each environment is in now (a new episode's first after an end)."""
+        return self.ppo_agent.next_obs
+
+    @property
+    def step(self) -> int:
+        """Environment steps so far, all environments counted."""
+        return self.ppo_agent.step
 
     # ------------------------------------------------------------ rollout
 
     def sample_actions(self, logits: Float[Tensor, "E n_actions"]) -> Int[Tensor, "E"]:
         """a ~ Categorical(softmax(logits)), from the trainer's own generator (reproducible)."""
-        return torch.multinomial(torch.softmax(logits, -1), 1, generator=self.generator)[:, 0]
+        return self.ppo_agent.sample_actions(logits)
 
     def collect_rollout(self) -> Rollout:
-        """num_steps steps of every environment with actions sampled from π_old. An episode end keeps the
-        true final observation (from ``infos["final_obs"]``) for the bootstrap; the environment has
-        already been reset and ``self.obs`` holds the new episode's first observation."""
-        T = self.config.num_steps
-        buf: dict[str, list] = {k: [] for k in ("obs", "actions", "logprobs", "values", "rewards", "next_obs", "terminated", "ends")}
-        for _ in range(T):
-            with torch.no_grad():
-                logits, values = self.agent(self.obs)
-            actions = self.sample_actions(logits)
-            next_obs, rewards, terminated, truncated, infos = self.envs.step(actions.numpy())
-            ends = terminated | truncated
-            reached = np.array(next_obs, dtype=np.float32, copy=True)
-            for i in np.flatnonzero(ends):
-                reached[i] = infos["final_obs"][i]
-            buf["obs"].append(self.obs)
-            buf["actions"].append(actions)
-            buf["logprobs"].append(vpg.log_probs(logits, actions))
-            buf["values"].append(values)
-            buf["rewards"].append(torch.as_tensor(rewards, dtype=torch.float32))
-            buf["next_obs"].append(torch.from_numpy(reached))
-            buf["terminated"].append(torch.as_tensor(terminated))
-            buf["ends"].append(torch.as_tensor(ends))
-            self._record_episodes(rewards, ends)
-            self.obs = torch.as_tensor(next_obs, dtype=torch.float32)
-        rollout = {k: torch.stack(v) for k, v in buf.items()}
-        with torch.no_grad():
-            rollout["next_values"] = self.agent.critic(rollout["next_obs"])[..., 0]
-        return Rollout(**rollout)
+        """num_steps calls of PPOAgent.play_step into an emptied memory (ARENA's rollout phase), then the
+        stacked rollout with the critic's values of the states reached."""
+        self.memory.reset()
+        for _ in range(self.config.num_steps):
+            self.ppo_agent.play_step()
+            self._record_episodes(self.memory.rewards[-1].numpy(), self.memory.ends[-1].numpy())
+        return self.memory.rollout(self.agent.critic)
 
     def _record_episodes(self, rewards: np.ndarray, ends: np.ndarray) -> None:
-        self.step += self.config.num_envs
         self._running_returns += rewards
         for i in np.flatnonzero(ends):
             self.run.episode_returns.append(float(self._running_returns[i]))
@@ -235,22 +320,16 @@ class PPOTrainer:
         self.after_phase(rollout, advantages, returns)
         return log
 
-    def set_learning_rate(self) -> float:
-        """lr · (1 − phase / num_phases): linear annealing to 0 over the run (ARENA's PPOScheduler)."""
-        c = self.config
-        lr = c.lr * (1 - self.phase / c.num_phases) if c.anneal_lr else c.lr
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
-        return lr
-
     def train(self) -> PPORun:
-        """num_phases alternations of rollout and learning phase."""
+        """num_phases alternations of rollout and learning phase, the scheduler stepped after each (ARENA's
+        order: phase p runs at lr·(1 − p/num_phases))."""
         start, cpu_start = time.perf_counter(), time.process_time()
         with single_thread():
             for self.phase in range(self.config.num_phases):
-                lr = self.set_learning_rate()
+                lr = self.optimizer.param_groups[0]["lr"]
                 rollout = self.collect_rollout()
                 log = self.learning_phase(rollout)
+                self.scheduler.step()
                 self.run.phase_logs.append({"step": self.step, "lr": lr, **log})
         self.run.seconds = time.perf_counter() - start
         self.run.cpu_seconds = time.process_time() - cpu_start
@@ -354,6 +433,17 @@ def cartpole_run(config: PPOConfig) -> tuple[PPORun, dict]:
                  "train_cpu_seconds": run.cpu_seconds}
 
 
+def phase_log_summary(run: PPORun, ent_coef: float) -> dict:
+    """The numbers the post reads off a run's phase logs: the value loss (last epoch of each phase) at the first
+    phase, its maximum and the step where it peaked, at the last phase; the entropy at the first and last."""
+    steps = [log["step"] for log in run.phase_logs]
+    value_loss = [log["value_loss"] for log in run.phase_logs]
+    return {"headline_value_loss": {"first_phase": value_loss[0], "max": max(value_loss),
+                                    "step_of_max": steps[int(np.argmax(value_loss))], "last_phase": value_loss[-1]},
+            "headline_entropy": {"first_phase": run.phase_logs[0]["entropy_bonus"] / ent_coef,
+                                 "last_phase": run.phase_logs[-1]["entropy_bonus"] / ent_coef}}
+
+
 def run_experiment(out_dir: Path, config: PPOConfig = CARTPOLE, seeds: tuple[int, ...] = SEEDS) -> dict:
     """ARENA's probe test, then PPO on CartPole-v1 with ARENA's hyper-parameters for each seed (the first,
     ARENA's default seed, is the headline): learning curves, the final policy's mean return over 100
@@ -425,7 +515,6 @@ def run_experiment(out_dir: Path, config: PPOConfig = CARTPOLE, seeds: tuple[int
     plt.close(fig)
 
     headline = summaries[seeds[0]]
-    value_loss = [log["value_loss"] for log in head.phase_logs]
     results = {
         "probes": probes,
         "cartpole": {
@@ -444,10 +533,7 @@ def run_experiment(out_dir: Path, config: PPOConfig = CARTPOLE, seeds: tuple[int
             "seeds": {str(seed): s for seed, s in summaries.items()},
             "train_cpu_seconds": headline["train_cpu_seconds"],
             "train_cpu_seconds_all_seeds": sum(s["train_cpu_seconds"] for s in summaries.values()),
-            "headline_value_loss": {"first_phase": value_loss[0], "max": max(value_loss),
-                                    "step_of_max": steps[int(np.argmax(value_loss))], "last_phase": value_loss[-1]},
-            "headline_entropy": {"first_phase": head.phase_logs[0]["entropy_bonus"] / config.ent_coef,
-                                 "last_phase": head.phase_logs[-1]["entropy_bonus"] / config.ent_coef},
+            **phase_log_summary(head, config.ent_coef),
             "learning_curve": {str(seed): {"episode_end_steps": run.episode_end_steps[99::10],
                                            "mean_100_returns": dqn._smooth(run.episode_returns, 100)[::10].round(2).tolist()}
                                for seed, run in runs.items()},

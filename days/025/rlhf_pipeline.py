@@ -24,9 +24,12 @@ r_{G−1} = R(x), V(s_G) = 0 (the episode ends). With γ = 1 and λ = 0 this is 
 estimate Â_t = V(s_{t+1}) − V(s_t), Â_{G−1} = R − V(s_{G−1}); λ = 1 gives R − V(s_t).
 
 The backbone is either a character-level GPT (day 32's DemoTransformer, pretrained here on Tiny
-Shakespeare as on day 33: a 135M-parameter model is too slow to RL-train on a 2-core CPU) or any
-Hugging Face causal LM (SmolLM2-135M-Instruct in the tests): the same trainer drives both. The
-reward is day 24's Bradley–Terry reward model, a learned sentiment score of the completion's text.
+Shakespeare as on day 33: a 135M-parameter model is too slow to RL-train on a 2-core CPU), ARENA's
+``TransformerWithValueHead`` (a TransformerLens HookedTransformer, the value head attached by a hook),
+or any Hugging Face causal LM (SmolLM2-135M-Instruct in the tests), optionally with LoRA adapters on
+its linear layers (``add_lora``: only the adapters and the value head train): the same trainer drives
+them all. The reward is day 24's Bradley–Terry reward model, a learned sentiment score of the
+completion's text.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from typing import Callable
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
@@ -114,13 +118,168 @@ class HFPolicy(PolicyWithValueHead):
         return out.hidden_states[-1], out.logits
 
 
+VALUE_HEAD_HOOK = "ln_final.hook_normalized"  # ARENA's hook point: the final residual stream, normalised
+
+
+def hooked_transformer_from_demo(model: gpt2.DemoTransformer):
+    """A TransformerLens HookedTransformer carrying a DemoTransformer's weights (same dtype, unprocessed: no folding
+    or centring). Day 32 named its parameters as TransformerLens does, so they load by name."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    c = model.cfg
+    dtype = next(model.parameters()).dtype
+    cfg = HookedTransformerConfig(d_model=c.d_model, d_head=c.d_head, n_heads=c.n_heads, d_mlp=c.d_mlp, n_layers=c.n_layers,
+                                  n_ctx=c.n_ctx, d_vocab=c.d_vocab, eps=c.layer_norm_eps, act_fn="gelu_new",
+                                  normalization_type="LN", dtype=dtype, device="cpu")
+    hooked = HookedTransformer(cfg)
+    params = dict(hooked.named_parameters())
+    weights = {name: t for name, t in model.state_dict().items() if name in params}
+    if weights.keys() != params.keys():
+        raise ValueError(f"parameters differ: {sorted(params.keys() ^ weights.keys())[:5]}")
+    hooked.load_state_dict(weights, strict=False)
+    return hooked.eval()
+
+
+class TransformerWithValueHead(PolicyWithValueHead):
+    """ARENA's TransformerWithValueHead: a TransformerLens HookedTransformer (``base_model``) with a value head on
+    the final residual stream, attached through a forward hook on ``ln_final.hook_normalized``: during the
+    forward pass the hook feeds that activation to the head and stores V of every prefix, and forward returns
+    (logits, values). The hook lives only for the call (``run_with_hooks``), so ``base_model`` stays a plain
+    language model, which is what the sampler calls.
+
+    In TransformerLens the hook point sits after the normalisation and before the LayerNorm's scale w and bias
+    b; for GPT-2, ``from_pretrained`` folds w and b into W_U, so it is exactly what the unembedding reads.
+    """
+
+    def __init__(self, base_model):
+        super().__init__(base_model, base_model.cfg.d_model)
+        self.value_head.to(base_model.cfg.dtype)
+        self.value_head_output: Tensor | None = None
+
+    @property
+    def base_model(self):
+        return self.backbone
+
+    def calc_and_store_value_head_output(self, resid: Float[Tensor, "batch seq d_model"], hook) -> None:
+        """The hook: V(s) of every prefix from the activation at VALUE_HEAD_HOOK (the activation is left unchanged)."""
+        self.value_head_output = self.value_head(resid)
+
+    def forward(self, input_ids: Int[Tensor, "batch seq"]) -> tuple[Float[Tensor, "batch seq d_vocab"], Float[Tensor, "batch seq"]]:
+        logits = self.base_model.run_with_hooks(input_ids, return_type="logits",
+                                                fwd_hooks=[(VALUE_HEAD_HOOK, self.calc_and_store_value_head_output)])
+        values, self.value_head_output = self.value_head_output, None
+        return logits, values
+
+    def features(self, tokens):
+        stored = {}
+
+        def keep(resid, hook):
+            stored["hidden"] = resid
+
+        logits = self.base_model.run_with_hooks(tokens, return_type="logits", fwd_hooks=[(VALUE_HEAD_HOOK, keep)])
+        return stored["hidden"], logits
+
+    def logits_fn(self):
+        return self.base_model
+
+    @classmethod
+    def from_demo_policy(cls, policy: DemoPolicy) -> "TransformerWithValueHead":
+        """The same policy and critic as a DemoPolicy, built ARENA's way. DemoPolicy's head reads h = w ⊙ x̂ + b (the
+        final LayerNorm's output), this one reads x̂: folding w and b into the head's first layer, W₁' = W₁ diag(w),
+        b₁' = b₁ + W₁ b, gives W₁' x̂ + b₁' = W₁ h + b₁, the same values."""
+        model = cls(hooked_transformer_from_demo(policy.backbone))
+        w, b = policy.backbone.ln_final.w, policy.backbone.ln_final.b
+        first = policy.value_head.net[0]
+        with torch.no_grad():
+            model.value_head.load_state_dict(policy.value_head.state_dict())
+            model.value_head.net[0].weight.copy_(first.weight * w)
+            model.value_head.net[0].bias.copy_(first.bias + first.weight @ b)
+        return model
+
+
 def reference_logits_fn(model: nn.Module) -> Callable[[Tensor], Tensor]:
-    """tokens → logits of a frozen reference: a DemoTransformer, a Hugging Face causal LM, or a policy."""
+    """tokens → logits of a frozen reference: a DemoTransformer, a HookedTransformer, a Hugging Face causal LM, or
+    a policy."""
     if isinstance(model, PolicyWithValueHead):
         return model.logits_fn()
-    if isinstance(model, gpt2.DemoTransformer):
+    if isinstance(model, gpt2.DemoTransformer) or hasattr(model, "run_with_hooks"):  # a HookedTransformer's forward is its logits
         return model
     return lambda tokens: model(tokens).logits
+
+
+# ---------------------------------------------------------------- LoRA
+
+
+def lora_linear(x: Float[Tensor, "... d_in"], weight: Float[Tensor, "d_out d_in"], bias: Tensor | None,
+                lora_A: Float[Tensor, "r d_in"], lora_B: Float[Tensor, "d_out r"], scaling: float) -> Float[Tensor, "... d_out"]:
+    """W x + b + (α/r)·B A x, written as peft computes it: F.linear(x, W, b) + B(A(x))·scaling."""
+    return F.linear(x, weight, bias) + F.linear(F.linear(x, lora_A), lora_B) * scaling
+
+
+def lora_parameter_count(in_features: int, out_features: int, r: int) -> int:
+    """A LoRA layer's trainable parameters: A (r × in) and B (out × r), r·(in + out)."""
+    return r * (in_features + out_features)
+
+
+class LoRALinear(nn.Module):
+    """LoRA (Hu et al., 2021) on a linear layer: y = W x + b + (α/r)·B A x, the base W and b frozen, the rank-r update
+    B A trained. A is initialised as nn.Linear initialises weights (Kaiming-uniform), B at zero, so the layer starts
+    as the base layer exactly, and the update's scale α/r does not change with r at init."""
+
+    def __init__(self, base: nn.Linear, r: int, alpha: float):
+        super().__init__()
+        self.base = base
+        base.requires_grad_(False)
+        self.r, self.alpha, self.scaling = r, alpha, alpha / r
+        kw = {"dtype": base.weight.dtype, "device": base.weight.device}
+        self.lora_A = nn.Parameter(torch.empty(r, base.in_features, **kw))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, **kw))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
+
+    def forward(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_out"]:
+        return lora_linear(x, self.base.weight, self.base.bias, self.lora_A, self.lora_B, self.scaling)
+
+    def delta_weight(self) -> Float[Tensor, "d_out d_in"]:
+        """(α/r)·B A, the update to W."""
+        return (self.lora_B @ self.lora_A) * self.scaling
+
+    def merge(self) -> nn.Linear:
+        """A plain nn.Linear with W' = W + (α/r)·B A and the base bias: the same function, no adapter left."""
+        merged = nn.Linear(self.base.in_features, self.base.out_features, bias=self.base.bias is not None,
+                           dtype=self.base.weight.dtype, device=self.base.weight.device)
+        with torch.no_grad():
+            merged.weight.copy_(self.base.weight + self.delta_weight())
+            if self.base.bias is not None:
+                merged.bias.copy_(self.base.bias)
+        return merged
+
+
+def _replace_modules(model: nn.Module, pick: Callable[[str, nn.Module], nn.Module | None]) -> nn.Module:
+    for name, module in list(model.named_modules()):
+        new = pick(name, module)
+        if new is not None:
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, new)
+    return model
+
+
+def add_lora(model: nn.Module, target_modules: list[str], r: int, alpha: float) -> nn.Module:
+    """Freeze every parameter of ``model`` and put a LoRALinear on each nn.Linear whose name is a target or ends in
+    '.' + a target (peft's matching rule for ``target_modules``): afterwards only the adapters train."""
+    model.requires_grad_(False)
+    matches = lambda name: any(name == t or name.endswith("." + t) for t in target_modules)
+    return _replace_modules(model, lambda name, m: LoRALinear(m, r, alpha)
+                            if isinstance(m, nn.Linear) and not isinstance(m, LoRALinear) and matches(name) else None)
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Replace every LoRALinear by its merged nn.Linear (peft's merge_and_unload)."""
+    return _replace_modules(model, lambda name, m: m.merge() if isinstance(m, LoRALinear) else None)
+
+
+def count_trainable_parameters(model: nn.Module) -> int:
+    """Parameters that receive gradients (requires_grad), each tensor counted once."""
+    return sum(p.numel() for p in {id(p): p for p in model.parameters() if p.requires_grad}.values())
 
 
 # ---------------------------------------------------------------- log-probabilities, KL, entropy
@@ -157,9 +316,10 @@ def entropy_bonus(logits: Float[Tensor, "batch seq d_vocab"], ent_coef: float, p
 # ---------------------------------------------------------------- rewards and advantages
 
 
-def normalize_rewards(rewards: Float[Tensor, "batch"], eps: float = 1e-5) -> Float[Tensor, "batch"]:
-    """(r − mean r) / (std r + eps) over the batch (ARENA's normalize_reward; population std)."""
-    return (rewards - rewards.mean()) / (rewards.std(unbiased=False) + eps)
+def normalize_reward(reward: Float[Tensor, "batch"], eps: float = 1e-5) -> Float[Tensor, "batch"]:
+    """ARENA's normalize_reward: (r − mean r) / (std r + eps) over the batch, with the population std (ARENA uses
+    torch's default, the unbiased one): a normalised batch has std 1 up to eps, and a batch of one gives 0."""
+    return (reward - reward.mean()) / (reward.std(unbiased=False) + eps)
 
 
 def char_count_reward(texts: list[str], char: str = ".") -> Float[Tensor, "batch"]:
@@ -249,6 +409,16 @@ class PhaseStats:
     sample: str = ""
 
 
+def get_optimizer(model: PolicyWithValueHead, base_lr: float, head_lr: float) -> torch.optim.Adam:
+    """ARENA's get_optimizer: Adam with two parameter groups, the base model at ``base_lr`` and the value head at
+    ``head_lr`` (each of the model's parameters in exactly one). It minimises the loss −objective; ARENA's is
+    AdamW(maximize=True) on the objective: the same steps, bit for bit, but for AdamW's weight decay."""
+    head = list(model.value_head.parameters())
+    in_head = {id(p) for p in head}
+    base = [p for p in model.parameters() if id(p) not in in_head]
+    return torch.optim.Adam([{"params": base, "lr": base_lr}, {"params": head, "lr": head_lr}], eps=1e-5)
+
+
 def lr_factor(step: int, warmup: int, total: int) -> float:
     """Linear warm-up to 1 over ``warmup`` steps, then linear decay to 0 at ``total`` (ARENA's schedule)."""
     if step < warmup:
@@ -273,10 +443,7 @@ class RLHFTrainer:
         self.prefix_ids = encode(args.prefix)
         self.prefix_len = int(self.prefix_ids.shape[0])
         self.generator = torch.Generator().manual_seed(args.seed)
-        head = list(policy.value_head.parameters())
-        base = [p for n, p in policy.named_parameters() if not n.startswith("value_head.")]
-        self.optimizer = torch.optim.Adam([{"params": base, "lr": args.base_lr}, {"params": head, "lr": args.head_lr}],
-                                          eps=1e-5)
+        self.optimizer = get_optimizer(policy, args.base_lr, args.head_lr)
         total_steps = args.total_phases * args.batches_per_learning_phase * args.num_minibatches
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(step, args.warmup_steps, total_steps))
@@ -309,7 +476,7 @@ class RLHFTrainer:
         ref_logits = self.ref_fn(sample_ids)
         logprobs = get_logprobs(logits, sample_ids, P)
         raw = self.reward_fn(self.completions(sample_ids)).to(values.dtype)
-        rewards = normalize_rewards(raw) if a.normalize_reward else raw
+        rewards = normalize_reward(raw) if a.normalize_reward else raw
         advantages, returns = compute_advantages(values, rewards, P, a.gamma, a.gae_lambda)
         stats = PhaseStats(self.phase, float(raw.mean()), float(raw.std()),
                            float(per_token_kl(logits, ref_logits, P).sum(-1).mean()),

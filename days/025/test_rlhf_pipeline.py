@@ -1,13 +1,17 @@
 """The gate of day 25: the RLHF pipeline, PPO with a KL penalty on a language model (ARENA 2.4 RLHF).
 
 Spec: https://learn.arena.education/chapter2_rl/04_rlhf/ (get_logprobs, calc_kl_penalty,
-TransformerWithValueHead, compute_advantages, normalize_reward, the RLHF trainer) and Ziegler et al.
-(2019) / Ouyang et al. (2022) for the objective E[r] − β KL(π ‖ π_ref).
+TransformerWithValueHead, get_optimizer, compute_advantages, normalize_reward, LoRA, the RLHF trainer),
+Ziegler et al. (2019) / Ouyang et al. (2022) for the objective E[r] − β KL(π ‖ π_ref) and Hu et al.
+(2021) for LoRA.
 References: torch.nn.functional.cross_entropy and torch.distributions (Categorical.log_prob,
 kl_divergence) for log-probabilities and KL; the closed-form gradient of a KL in the logits;
 exhaustive enumeration of every completion for the chain rule of KL; ARENA's one-step advantage
 formula and an explicit double sum for GAE; day 34's KV-cached sampler for the alignment of
-generation and scoring; Hugging Face's own language-model loss (``labels=``) on SmolLM2-135M-Instruct.
+generation and scoring; Hugging Face's own language-model loss (``labels=``) on SmolLM2-135M-Instruct;
+TransformerLens (run_with_cache at the hook point, a HookedTransformer carrying day 32's weights) for
+the value head; separate torch.optim.Adam optimisers and Adam(maximize=True) for get_optimizer; peft
+(LoraConfig, get_peft_model, merge_and_unload) and central differences for LoRA.
 """
 
 import importlib
@@ -22,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Categorical, kl_divergence
 
-from checks import assert_parity
+from checks import assert_parity, grad_check
 from checks.committed import Tolerance, assert_reproduces, float_ops
 
 from . import rlhf_pipeline as R
@@ -206,18 +210,317 @@ def test_gae_advantages_match_the_explicit_sum():
     assert_parity(adv, rewards[:, None] - values[:, P - 1:-1], atol=1e-12)
 
 
-def test_reward_normalisation_and_char_count():
-    """normalize_rewards gives mean 0 and population std 1 (to the eps = 1e-5 it adds); ARENA's character
-    count reward counts the character."""
-    r = torch.tensor([1.0, 2.0, 4.0, 9.0], dtype=F64)
-    n = R.normalize_rewards(r)
-    assert n.mean().abs() < 1e-15 and n.std(unbiased=False).item() == pytest.approx(1.0, abs=1e-5)
+def test_normalize_reward_closed_form(measure):
+    """ARENA's normalize_reward: (r − mean r) / (std r + eps), eps = 1e-5: equal to the closed form written in
+    numpy with the population std (float64, 1e-15); the result has mean 0 and population std 1 − eps/std; a
+    constant batch (std 0) gives zeros, finite; a batch of one gives 0 (where ARENA's std, torch's unbiased
+    default, is NaN). ARENA's character-count reward counts the character."""
+    r = torch.tensor([1.0, 2.0, 4.0, 9.0, -3.5], dtype=F64)
+    ours = R.normalize_reward(r)
+    a = r.numpy()
+    report = assert_parity(ours, (a - a.mean()) / (a.std(ddof=0) + 1e-5), atol=1e-15, name="normalize_reward")
+    measure("normalize_reward_vs_numpy.max_abs_err", report.max_abs_err, "≤ 1e-15")
+    std = a.std(ddof=0)
+    assert abs(ours.mean().item()) < 1e-15
+    assert ours.std(unbiased=False).item() == pytest.approx(std / (std + 1e-5), rel=1e-14)
+    for constant in (torch.full((6,), 3.25, dtype=F64), torch.tensor([7.0], dtype=F64)):
+        out = R.normalize_reward(constant)
+        assert torch.isfinite(out).all() and torch.equal(out, torch.zeros_like(out))
+    with pytest.warns(UserWarning, match="degrees of freedom"):
+        assert torch.isnan(torch.tensor([7.0]).std())  # ARENA's std (torch's unbiased default) of one reward
     assert R.char_count_reward(["a.b.", "", "..."]).tolist() == [2.0, 0.0, 3.0]
+
+
+# ---------------------------------------------------------------- ARENA's TransformerWithValueHead (TransformerLens)
+
+
+def tiny_demo_policy(d_vocab=8, seed=0) -> R.DemoPolicy:
+    """Day 34's float64 tiny transformer under a DemoPolicy, its value head's weights random (seeded)."""
+    backbone = sampling.random_tiny_model(d_vocab, seed=seed)
+    torch.manual_seed(seed + 100)
+    return R.DemoPolicy(backbone, backbone.cfg.d_model).double()
+
+
+def test_hooked_transformer_from_demo_is_the_same_model(measure):
+    """hooked_transformer_from_demo: a TransformerLens HookedTransformer carrying a DemoTransformer's weights (day
+    32's parameter names are TransformerLens's, so every parameter loads by name) computes the same logits
+    (float64, 1e-12: two implementations of the same float64 forward)."""
+    demo = sampling.random_tiny_model(d_vocab=8, seed=0)
+    hooked = R.hooked_transformer_from_demo(demo)
+    assert {n for n, _ in hooked.named_parameters()} == {n for n, _ in demo.named_parameters()}
+    tokens = torch.randint(0, 8, (3, 9), generator=gen())
+    with torch.no_grad():
+        report = assert_parity(hooked(tokens), demo(tokens), atol=1e-12, name="hooked_vs_demo")
+    measure("hooked_transformer_vs_demo.max_abs_err", report.max_abs_err, "≤ 1e-12")
+
+
+def test_transformer_with_value_head_hooks_the_final_residual_stream(measure):
+    """ARENA's TransformerWithValueHead: a HookedTransformer whose forward runs with a hook on
+    ln_final.hook_normalized feeding the value head (an MLP d_model → 4·d_model → 1): forward returns (logits,
+    values); the logits are exactly the base model's; the values are exactly the head applied to the activation
+    TransformerLens's own run_with_cache records at that hook point; the hook is removed after the call. The
+    values' gradient reaches the head and the base model (a shared backbone); the logits' does not reach the head."""
+    model = R.TransformerWithValueHead(R.hooked_transformer_from_demo(sampling.random_tiny_model(d_vocab=8, seed=1)))
+    tokens = torch.randint(0, 8, (2, 7), generator=gen(3))
+    logits, values = model(tokens)
+    assert logits.shape == (2, 7, 8) and values.shape == (2, 7)
+    with torch.no_grad():
+        reference_logits, cache = model.base_model.run_with_cache(tokens)
+        assert torch.equal(logits.detach(), model.base_model(tokens)) and torch.equal(logits.detach(), reference_logits)
+        expected = model.value_head.net(cache[R.VALUE_HEAD_HOOK])[..., 0]
+    report = assert_parity(values.detach(), expected, atol=0, name="values_vs_cache")
+    measure("value_head_vs_run_with_cache.max_abs_err", report.max_abs_err, "= 0")
+    assert all(not hp.fwd_hooks for hp in model.base_model.hook_dict.values())
+    linears = [m for m in model.value_head.net if isinstance(m, torch.nn.Linear)]
+    assert [(l.in_features, l.out_features) for l in linears] == [(16, 64), (64, 1)]
+    head, base = list(model.value_head.parameters()), list(model.base_model.parameters())
+    grads = torch.autograd.grad(values.sum(), head + base, allow_unused=True, retain_graph=True)
+    assert all(g is not None for g in grads[:len(head)]) and sum(g.abs().sum() for g in grads[len(head):] if g is not None) > 0
+    assert all(g is None for g in torch.autograd.grad(logits.sum(), head, allow_unused=True))
+
+
+def test_transformer_with_value_head_equals_the_days_demo_policy(measure):
+    """ARENA's hook point reads the final LayerNorm's output before its scale w and bias b (TransformerLens folds them
+    into W_U for GPT-2); the day's DemoPolicy reads after them. Folding w and b into the head's first layer
+    (W₁' = W₁ diag(w), b₁' = b₁ + W₁ b: TransformerWithValueHead.from_demo_policy) makes the two compute the same
+    logits and values (float64, 1e-12), and the trainer's rollout the same: the same samples and, to 1e-10, the
+    same log-probs, values, advantages and reference logits."""
+    demo = tiny_demo_policy()
+    with torch.no_grad():
+        demo.backbone.ln_final.w.mul_(1.5).add_(0.1)  # a non-trivial final LayerNorm, so the fold matters
+        demo.backbone.ln_final.b.add_(0.3)
+    hooked = R.TransformerWithValueHead.from_demo_policy(demo)
+    tokens = torch.randint(0, 8, (3, 9), generator=gen(4))
+    with torch.no_grad():
+        (l1, v1), (l2, v2) = demo(tokens), hooked(tokens)
+    report = assert_parity(v2, v1, atol=1e-12, name="values")
+    assert_parity(l2, l1, atol=1e-12, name="logits")
+    measure("transformer_with_value_head_vs_demo_policy.values.max_abs_err", report.max_abs_err, "≤ 1e-12")
+    memories = []
+    for policy in (demo, hooked):
+        args = R.RLHFArgs(prefix="ab", gen_len=6, total_phases=1, batch_size=8, num_minibatches=2, warmup_steps=1)
+        trainer = R.RLHFTrainer(args, policy, R.copy_backbone(demo.backbone), R.char_count_reward, _encode, _decode)
+        memories.append(trainer.rollout_phase()[0])
+    a, b = memories
+    assert torch.equal(a.sample_ids, b.sample_ids)
+    for name in ("logprobs", "advantages", "returns", "ref_logits"):
+        assert_parity(getattr(b, name), getattr(a, name), atol=1e-10, name=name)
+
+
+def test_trainer_trains_a_transformer_with_value_head():
+    """The RLHF trainer takes ARENA's TransformerWithValueHead (and a HookedTransformer as the frozen reference): a
+    learning phase moves both the value head and the base model; the reference stays as it was."""
+    policy = R.TransformerWithValueHead(R.hooked_transformer_from_demo(sampling.random_tiny_model(d_vocab=8, seed=2)))
+    reference = R.hooked_transformer_from_demo(sampling.random_tiny_model(d_vocab=8, seed=2))
+    before = {n: p.detach().clone() for n, p in policy.named_parameters()}
+    ref_before = [p.detach().clone() for p in reference.parameters()]
+    args = R.RLHFArgs(prefix="ab", gen_len=6, total_phases=1, batch_size=8, num_minibatches=2, warmup_steps=1, kl_coef=0.1)
+    trainer = R.RLHFTrainer(args, policy, reference, R.char_count_reward, _encode, _decode)
+    trainer.train()
+    moved = {n for n, p in policy.named_parameters() if not torch.equal(p, before[n])}
+    assert any(n.startswith("value_head.") for n in moved) and any(n.startswith("backbone.") for n in moved)
+    assert all(torch.equal(p, q) for p, q in zip(reference.parameters(), ref_before))
+
+
+# ---------------------------------------------------------------- ARENA's get_optimizer
+
+
+def test_get_optimizer_groups_partition_the_model():
+    """ARENA's get_optimizer(model, base_lr, head_lr): two parameter groups, the base model at base_lr and the value
+    head at head_lr, that together hold each of the model's parameters exactly once, for the day's DemoPolicy and
+    for ARENA's TransformerWithValueHead; the trainer's optimizer is get_optimizer's."""
+    for policy in (tiny_demo_policy(), R.TransformerWithValueHead(R.hooked_transformer_from_demo(sampling.random_tiny_model(8)))):
+        optimizer = R.get_optimizer(policy, 3e-4, 3e-3)
+        base, head = optimizer.param_groups
+        assert (base["lr"], head["lr"]) == (3e-4, 3e-3)
+        ids = [id(p) for g in (base, head) for p in g["params"]]
+        assert len(ids) == len(set(ids)) and set(ids) == {id(p) for p in policy.parameters()}
+        assert {id(p) for p in head["params"]} == {id(p) for p in policy.value_head.parameters()}
+    trainer = char_trainer()
+    assert [len(g["params"]) for g in trainer.optimizer.param_groups] == [
+        len(list(trainer.policy.backbone.parameters())), len(list(trainer.policy.value_head.parameters()))]
+
+
+def test_get_optimizer_steps_like_two_adams_and_like_arenas_maximize():
+    """Three steps of get_optimizer on the loss equal, bit for bit, (a) two separate torch.optim.Adam, one per group
+    at its own lr, and (b) ARENA's sign convention: Adam(maximize=True) on the objective = −loss (negating a
+    gradient is exact), for a loss that reaches both groups."""
+    policies = [tiny_demo_policy() for _ in range(3)]
+    tokens = torch.randint(0, 8, (4, 6), generator=gen(6))
+    ours = R.get_optimizer(policies[0], 1e-2, 3e-2)
+    separate = [torch.optim.Adam(list(policies[1].backbone.parameters()), lr=1e-2, eps=1e-5),
+                torch.optim.Adam(list(policies[1].value_head.parameters()), lr=3e-2, eps=1e-5)]
+    maximize = torch.optim.Adam([{"params": list(policies[2].backbone.parameters()), "lr": 1e-2},
+                                 {"params": list(policies[2].value_head.parameters()), "lr": 3e-2}], eps=1e-5, maximize=True)
+    for _ in range(3):
+        for policy, optimizers, sign in ((policies[0], [ours], 1), (policies[1], separate, 1), (policies[2], [maximize], -1)):
+            logits, values = policy(tokens)
+            loss = logits.log_softmax(-1)[..., 0].mean() + values.pow(2).mean()
+            for opt in optimizers:
+                opt.zero_grad()
+            (sign * loss).backward()
+            for opt in optimizers:
+                opt.step()
+    for other in policies[1:]:
+        assert all(torch.equal(p, q) for p, q in zip(policies[0].parameters(), other.parameters()))
+    assert not torch.equal(policies[0].value_head.net[0].weight, tiny_demo_policy().value_head.net[0].weight)
+
+
+# ---------------------------------------------------------------- LoRA
+
+
+class _OneLinear(torch.nn.Module):
+    """A model with one linear layer named ``proj`` (for peft's target_modules)."""
+
+    def __init__(self, linear):
+        super().__init__()
+        self.proj = linear
+
+    def forward(self, x):
+        return self.proj(x)
+
+
+def _peft_twin(linear, ours: "R.LoRALinear", r, alpha):
+    """peft's LoRA (LoraConfig on the same base linear) carrying our A and B."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(_OneLinear(copy.deepcopy(linear)), LoraConfig(r=r, lora_alpha=alpha, target_modules=["proj"],
+                                                                          lora_dropout=0.0))
+    layer = model.base_model.model.proj
+    with torch.no_grad():
+        layer.lora_A["default"].weight.copy_(ours.lora_A)
+        layer.lora_B["default"].weight.copy_(ours.lora_B)
+    return model
+
+
+@pytest.mark.parametrize("in_features, out_features, r, alpha", [(12, 7, 4, 8), (20, 33, 2, 16)])
+def test_lora_linear_matches_peft(in_features, out_features, r, alpha, measure):
+    """LoRA (Hu et al., 2021; ARENA's LoRA exercises): y = W x + b + (α/r)·B A x with W, b frozen, A (r × in) random
+    and B (out × r) zero at init, so the layer starts as the base layer exactly. Against peft (a LoraConfig on the
+    same base linear carrying the same A and B, float64): identical outputs at init and with a trained (random)
+    B; identical trainable counts, r·(in + out); merging (W' = W + (α/r)·B A) gives peft's merge_and_unload
+    weights exactly, and a plain linear layer whose outputs equal the unmerged layer's to float64 rounding."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(in_features, out_features).double()
+    ours = R.LoRALinear(linear, r=r, alpha=alpha)
+    x = torch.randn(5, 3, in_features, dtype=F64, generator=gen(1))
+    assert ours.lora_A.abs().sum() > 0 and torch.equal(ours.lora_B, torch.zeros(out_features, r, dtype=F64))
+    twin = _peft_twin(linear, ours, r, alpha)
+    with torch.no_grad():
+        assert torch.equal(ours(x), linear(x)) and torch.equal(twin(x), ours(x))
+        ours.lora_B.copy_(torch.randn(out_features, r, dtype=F64, generator=gen(2)))
+        twin.base_model.model.proj.lora_B["default"].weight.copy_(ours.lora_B)
+        y = ours(x)
+        assert torch.equal(twin(x), y) and not torch.allclose(y, linear(x))
+    assert R.count_trainable_parameters(ours) == R.lora_parameter_count(in_features, out_features, r) == r * (in_features + out_features)
+    trainable, total = twin.get_nb_trainable_parameters()
+    assert (trainable, total) == (R.count_trainable_parameters(ours), sum(p.numel() for p in ours.parameters()))
+    merged = ours.merge()
+    peft_merged = twin.merge_and_unload().proj
+    assert isinstance(merged, torch.nn.Linear) and torch.equal(merged.weight, peft_merged.weight)
+    assert torch.equal(merged.bias, peft_merged.bias)
+    with torch.no_grad():
+        report = assert_parity(merged(x), y, atol=1e-12, name="merged_vs_unmerged")
+    measure(f"lora_merged_vs_unmerged.r_{r}.max_abs_err", report.max_abs_err, "≤ 1e-12")
+
+
+def test_lora_gradients_by_central_differences(measure):
+    """The LoRA layer's gradients with respect to the input, A and B are autograd's and equal central differences
+    in float64 (grad_check; B non-zero, so A's gradient is too); the frozen W and b receive none."""
+    torch.manual_seed(1)
+    linear = torch.nn.Linear(6, 5).double()
+    layer = R.LoRALinear(linear, r=3, alpha=6)
+    with torch.no_grad():
+        layer.lora_B.copy_(torch.randn(5, 3, dtype=F64, generator=gen(3)))
+    x = torch.randn(4, 6, dtype=F64, generator=gen(4))
+    f = lambda x, A, B: R.lora_linear(x, linear.weight, linear.bias, A, B, layer.scaling)
+    report = grad_check(f, [x, layer.lora_A.detach(), layer.lora_B.detach()], names=["x", "lora_A", "lora_B"])
+    measure.grad(report, "gradcheck.lora_linear")
+    layer(x).sum().backward()
+    assert linear.weight.grad is None and linear.bias.grad is None
+    assert layer.lora_A.grad.abs().sum() > 0 and layer.lora_B.grad.abs().sum() > 0
+
+
+def tiny_llama(seed=0):
+    """A random 2-layer Llama (Hugging Face transformers) over the 8 characters, float32."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(CHARS), hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32, tie_word_embeddings=False)
+    return LlamaForCausalLM(config).eval()
+
+
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")  # peft calling transformers 5
+def test_add_lora_on_a_transformer_matches_peft(measure):
+    """add_lora(model, targets, r, α) puts a LoRA layer on every nn.Linear named by a target (q_proj and v_proj of
+    each attention layer of a Llama) and freezes the rest, as peft's get_peft_model does with the same LoraConfig:
+    the same trainable count, Σ r·(in + out); with peft carrying our A and (random) B, the same logits; merge_lora
+    and peft's merge_and_unload give the same merged weights."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    base = tiny_llama()
+    ours = R.add_lora(copy.deepcopy(base), ["q_proj", "v_proj"], r=2, alpha=4)
+    twin = get_peft_model(copy.deepcopy(base), LoraConfig(r=2, lora_alpha=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
+    layers = {n: m for n, m in ours.named_modules() if isinstance(m, R.LoRALinear)}
+    assert len(layers) == 4
+    expected = sum(R.lora_parameter_count(m.base.in_features, m.base.out_features, 2) for m in layers.values())
+    assert R.count_trainable_parameters(ours) == expected == twin.get_nb_trainable_parameters()[0]
+    peft_layers = {n.removeprefix("base_model.model."): m for n, m in twin.named_modules() if hasattr(m, "lora_A") and "default" in m.lora_A}
+    assert set(peft_layers) == set(layers)
+    g = gen(7)
+    with torch.no_grad():
+        for name, layer in layers.items():
+            layer.lora_B.copy_(0.3 * torch.randn(layer.lora_B.shape, generator=g))
+            peft_layers[name].lora_A["default"].weight.copy_(layer.lora_A)
+            peft_layers[name].lora_B["default"].weight.copy_(layer.lora_B)
+        tokens = torch.randint(0, len(CHARS), (2, 10), generator=gen(8))
+        assert torch.equal(ours(tokens).logits, twin(tokens).logits)
+        merged, peft_merged = R.merge_lora(ours), twin.merge_and_unload()
+        for (n1, p1), (n2, p2) in zip(merged.named_parameters(), peft_merged.named_parameters()):
+            assert n1 == n2 and torch.equal(p1, p2), n1
+    assert not any(isinstance(m, R.LoRALinear) for m in merged.modules())
+
+
+def test_rlhf_trains_a_lora_policy():
+    """LoRA where RLHF uses it: a Hugging Face policy whose attention projections carry LoRA layers, trained by the
+    same RLHF trainer against the frozen base model as reference. At phase 0 the adapters are zero (B = 0), so the
+    policy is the reference and the logged KL is exactly 0; training moves only the LoRA parameters and the value
+    head (the count the optimiser can move: Σ r·(in + out) + the head's), while every base weight stays bit for
+    bit the reference's."""
+    import copy
+
+    reference = tiny_llama(seed=3)
+    backbone = R.add_lora(copy.deepcopy(reference), ["q_proj", "v_proj"], r=2, alpha=4)
+    torch.manual_seed(3)
+    policy = R.HFPolicy(backbone, 16)
+    lora = sum(R.lora_parameter_count(m.base.in_features, m.base.out_features, 2) for m in backbone.modules() if isinstance(m, R.LoRALinear))
+    assert R.count_trainable_parameters(policy) == lora + sum(p.numel() for p in policy.value_head.parameters())
+    args = R.RLHFArgs(prefix="ab", gen_len=8, total_phases=2, batch_size=16, num_minibatches=2, warmup_steps=1,
+                      base_lr=1e-2, head_lr=1e-2, kl_coef=0.1)
+    trainer = R.RLHFTrainer(args, policy, reference, R.char_count_reward, _encode, _decode)
+    before = {n: p.detach().clone() for n, p in policy.named_parameters()}
+    trainer.train()
+    assert trainer.stats[0].kl_per_sequence == 0.0
+    moved = {n for n, p in policy.named_parameters() if not torch.equal(p, before[n])}
+    assert moved and all(".lora_" in n or n.startswith("value_head.") for n in moved)
+    assert any(".lora_B" in n for n in moved)
+    merged = R.merge_lora(copy.deepcopy(backbone))
+    base_names = {n.replace(".base.", "."): p for n, p in backbone.named_parameters() if ".lora_" not in n}
+    for name, param in reference.named_parameters():
+        assert torch.equal(base_names[name], param), name
+    assert any(not torch.equal(p, dict(reference.named_parameters())[n]) for n, p in merged.named_parameters())
 
 
 # ---------------------------------------------------------------- the trainer
 
 CHARS = "abcdefg."
+_encode = lambda s: torch.tensor([CHARS.index(c) for c in s])
+_decode = lambda ids: "".join(CHARS[int(i)] for i in ids)
 
 
 def char_trainer(kl_coef=0.0, phases=3, seed=0, **overrides):
@@ -246,7 +549,7 @@ def test_rollout_phase_stores_what_the_models_said(measure):
         logits, values = trainer.policy(memory.sample_ids)
         assert_parity(memory.logprobs, R.get_logprobs(logits, memory.sample_ids, P), atol=1e-6)
         assert_parity(memory.ref_logits, trainer.reference(memory.sample_ids), atol=1e-6)
-        rewards = R.normalize_rewards(R.char_count_reward(trainer.completions(memory.sample_ids)))
+        rewards = R.normalize_reward(R.char_count_reward(trainer.completions(memory.sample_ids)))
         adv, ret = R.compute_advantages(values, rewards, P, 1.0, 0.95)
     assert_parity(memory.advantages, adv, atol=1e-5)
     assert_parity(memory.returns, ret, atol=1e-5)
