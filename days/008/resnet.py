@@ -11,7 +11,8 @@ S = BN ∘ conv1×1(stride s). Blocks are stacked into groups; ResNet34 is
 
 with 21 797 672 parameters, torchvision's figure. Everything is built from day 6's layers. For
 32×32 CIFAR images the stem can be the CIFAR one of He et al. (conv 3×3 stride 1, no max pool).
-Also here: ARENA's ``get_resnet_for_feature_extraction`` (a frozen ResNet34 with a new trainable
+Also here: ARENA's ``copy_weights`` (a torchvision state_dict copied in by position) and
+``get_resnet_for_feature_extraction`` (a frozen ResNet34 with a new trainable
 head), a loader for CIFAR-10's official python-pickle batches, and a training run on it.
 """
 
@@ -23,6 +24,7 @@ import re
 from dataclasses import asdict
 from importlib import import_module
 from pathlib import Path
+from typing import Mapping
 
 import torch
 import torch.nn as nn
@@ -153,6 +155,29 @@ def load_torchvision_state_dict(model: ResNet, state_dict: dict[str, Tensor]) ->
     model.load_state_dict({ours[k]: v for k, v in state_dict.items()}, strict=True)
 
 
+def copy_weights(my_resnet: ResNet, pretrained_resnet: nn.Module | Mapping[str, Tensor]) -> ResNet:
+    """ARENA's weight copy: the i-th entry of the pretrained model's state_dict (a module, e.g.
+    torchvision's ``resnet34(weights="IMAGENET1K_V1")``, or a state_dict) goes into the i-th entry
+    of ours, which lists the same parameters and buffers in the same order under other names.
+
+    Each pair must agree in shape and in kind (the last part of the name: weight, bias,
+    running_mean, running_var, num_batches_tracked), and the two must have as many entries;
+    otherwise a ValueError names the first entry that does not fit, and nothing is copied.
+    Returns ``my_resnet``.
+    """
+    mine = my_resnet.state_dict()
+    theirs = pretrained_resnet.state_dict() if isinstance(pretrained_resnet, nn.Module) else dict(pretrained_resnet)
+    if len(mine) != len(theirs):
+        raise ValueError(f"mismatching state dicts: {len(theirs)} entries to copy into a model with {len(mine)} entries")
+    to_load = {}
+    for i, ((my_key, my_value), (key, value)) in enumerate(zip(mine.items(), theirs.items())):
+        if tuple(value.shape) != tuple(my_value.shape) or key.rsplit(".", 1)[-1] != my_key.rsplit(".", 1)[-1]:
+            raise ValueError(f"entry {i}: {key!r} {tuple(value.shape)} cannot go into {my_key!r} {tuple(my_value.shape)}")
+        to_load[my_key] = value
+    my_resnet.load_state_dict(to_load, strict=True)
+    return my_resnet
+
+
 def get_resnet_for_feature_extraction(n_classes: int, weights: str | Path | None = None) -> ResNet:
     """ARENA's feature extractor: a ResNet34 whose parameters are all frozen, with its final layer
     replaced by a new, trainable Linear(512, n_classes), so that training fits only that head.
@@ -160,14 +185,14 @@ def get_resnet_for_feature_extraction(n_classes: int, weights: str | Path | None
     ``weights`` is the path of a torchvision-style ResNet34 state_dict saved with ``torch.save``
     (on a machine with internet, torchvision's ImageNet weights:
     ``torch.save(torchvision.models.resnet34(weights="IMAGENET1K_V1").state_dict(), path)``);
-    it is loaded by name with ``load_torchvision_state_dict``. ``None`` keeps random weights
+    it is loaded by position with ``copy_weights``, as ARENA does. ``None`` keeps random weights
     (what the gate tests, and all this machine has). Freezing covers parameters only: in training
     mode BatchNorm still updates its running statistics, so put the model in eval mode for a
     backbone that does not move at all.
     """
     model = resnet34()
     if weights is not None:
-        load_torchvision_state_dict(model, torch.load(weights, map_location="cpu", weights_only=True))
+        copy_weights(model, torch.load(weights, map_location="cpu", weights_only=True))
     model.requires_grad_(False)
     model.out_layers.add_module("1", L.Linear(model.out_layers[1].in_features, n_classes))  # trainable
     return model

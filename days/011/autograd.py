@@ -10,9 +10,10 @@ and ``multiply_back1``). Then reverse-mode automatic differentiation in four pie
 2. **A registry** maps (forward function, argument position) to its backward function.
 3. **Tensors that remember their recipe**: every operation on a tensor that requires a gradient
    records the numpy function, its arguments and its parent tensors.
-4. **backward()**: sort the graph topologically (every node after the nodes that use it), then
-   walk it once from the output, adding each node's contributions into its parents' gradients
-   (the multivariate chain rule sums over all paths), and store the totals on the leaves.
+4. **backprop** (what ``Tensor.backward`` calls): sort the graph topologically (every node after
+   the nodes that use it), then walk it once from the output, adding each node's contributions
+   into its parents' gradients (the multivariate chain rule sums over all paths), and store the
+   totals on the leaves.
 
 Plus ``Parameter``, ``Module`` and ``Linear``, the pieces day 12 trains an MLP with.
 """
@@ -208,7 +209,7 @@ class Tensor:
         return eq(self, other)
 
     def __getitem__(self, index):
-        return getitem(self, _index_arrays(index))
+        return getitem(self, coerce_index(index))
 
     # --- methods
     def exp(self):
@@ -249,11 +250,12 @@ class Tensor:
         return permute(self, tuple(reversed(range(self.ndim))))
 
     def backward(self, end_grad: "Arr | Tensor | None" = None) -> None:
-        backward(self, end_grad)
+        backprop(self, end_grad)
 
 
-def _index_arrays(index):
-    """Replace tensors inside an index by their arrays (integer and boolean indexing)."""
+def coerce_index(index):
+    """ARENA's helper: replace tensors in an index, alone or inside a tuple, by their arrays
+    (integer and boolean indexing); ints, slices and arrays are kept."""
     if isinstance(index, Tensor):
         return index.array
     if isinstance(index, tuple):
@@ -281,6 +283,32 @@ def wrap_forward_fn(numpy_func: Callable, is_differentiable: bool = True) -> Cal
     tensor_func.__name__ = getattr(numpy_func, "__name__", "tensor_func")
     tensor_func.__doc__ = numpy_func.__doc__
     return tensor_func
+
+
+def log_forward(x: Tensor) -> Tensor:
+    """ARENA's first forward function, written out by hand before ``wrap_forward_fn`` generalises
+    it: log of the array, and, when grad mode is on and x requires a gradient, the recipe
+    (np.log, (x.array,), {}, {0: x}) that lets backprop find ``log_back``."""
+    out = Tensor(np.log(x.array))
+    if _GradMode.enabled and x.requires_grad:
+        out.requires_grad = True
+        out.recipe = Recipe(np.log, (x.array,), {}, {0: x})
+    return out
+
+
+def multiply_forward(a: Tensor | int | float, b: Tensor | int | float) -> Tensor:
+    """ARENA's second hand-written forward function: a ⊙ b for tensors or Python numbers (at least
+    one tensor), recording as parents exactly the tensor arguments that require a gradient, at
+    their argument positions, when grad mode is on."""
+    if not (isinstance(a, Tensor) or isinstance(b, Tensor)):
+        raise TypeError("multiply_forward needs at least one Tensor argument")
+    args = tuple(v.array if isinstance(v, Tensor) else v for v in (a, b))
+    out = Tensor(np.asarray(np.multiply(*args)))
+    parents = {i: v for i, v in enumerate((a, b)) if isinstance(v, Tensor) and v.requires_grad}
+    if _GradMode.enabled and parents:
+        out.requires_grad = True
+        out.recipe = Recipe(np.multiply, args, {}, parents)
+    return out
 
 
 # ---------------------------------------------------------------- the operations and their backward functions
@@ -341,6 +369,21 @@ def forward_and_back(a: Arr, b: Arr, c: Arr) -> tuple[Arr, Arr, Arr]:
     return dg_da, dg_db, dg_dc
 
 
+def maximum_back0(grad_out: Arr, out: Arr, x: Arr, y: Arr | float) -> Arr:
+    """∂max(x, y)/∂x = [x > y] + ½[x = y]: the gradient goes to the larger argument and a tie is
+    split in half (as torch.maximum does), summed back to x's shape where x was broadcast."""
+    x, y = np.asarray(x), np.asarray(y)
+    share = (x > y) + 0.5 * (x == y)
+    return unbroadcast(np.broadcast_to(grad_out * share, out.shape), x)
+
+
+def maximum_back1(grad_out: Arr, out: Arr, x: Arr | float, y: Arr) -> Arr:
+    """∂max(x, y)/∂y = [y > x] + ½[x = y], summed back to y's shape where y was broadcast."""
+    x, y = np.asarray(x), np.asarray(y)
+    share = (y > x) + 0.5 * (x == y)
+    return unbroadcast(np.broadcast_to(grad_out * share, out.shape), y)
+
+
 def _max_back(grad_out: Arr, out: Arr, x: Arr, axis=None, keepdims: bool = False) -> Arr:
     """The gradient of a max flows to the positions that attain it, split evenly among ties
     (what torch.amax does, and a subgradient of the max)."""
@@ -354,7 +397,7 @@ def _sum(x: Arr, dim=None, keepdim: bool = False) -> Arr:
     return np.sum(x, axis=dim, keepdims=keepdim)
 
 
-def _sum_back(grad_out: Arr, out: Arr, x: Arr, dim=None, keepdim: bool = False) -> Arr:
+def sum_back(grad_out: Arr, out: Arr, x: Arr, dim=None, keepdim: bool = False) -> Arr:
     """Every summed element gets the same upstream gradient: restore the summed axes, broadcast."""
     if dim is not None and not keepdim:
         grad_out = np.expand_dims(grad_out, dim)
@@ -386,7 +429,8 @@ def _reshape(x: Arr, shape) -> Arr:
     return np.reshape(x, shape)
 
 
-def _reshape_back(grad_out: Arr, out: Arr, x: Arr, shape) -> Arr:
+def reshape_back(grad_out: Arr, out: Arr, x: Arr, shape) -> Arr:
+    """A reshape moves no value: the gradient is reshaped back to x's shape."""
     return grad_out.reshape(x.shape)
 
 
@@ -394,9 +438,18 @@ def _permute(x: Arr, axes) -> Arr:
     return np.transpose(x, axes)
 
 
-def _permute_back(grad_out: Arr, out: Arr, x: Arr, axes) -> Arr:
-    """Undo the permutation with its inverse, argsort(axes)."""
-    return np.transpose(grad_out, np.argsort(axes))
+def invert_transposition(axes: tuple[int, ...]) -> tuple[int, ...]:
+    """The permutation that undoes np.transpose(·, axes): output axis i of the transpose is input
+    axis axes[i], so the inverse sends axes[i] back to i."""
+    inverse = [0] * len(axes)
+    for i, axis in enumerate(axes):
+        inverse[axis] = i
+    return tuple(inverse)
+
+
+def permute_back(grad_out: Arr, out: Arr, x: Arr, axes) -> Arr:
+    """Undo the permutation with its inverse (``invert_transposition``)."""
+    return np.transpose(grad_out, invert_transposition(axes))
 
 
 def _expand(x: Arr, shape) -> Arr:
@@ -407,7 +460,8 @@ def _expand(x: Arr, shape) -> Arr:
     return np.broadcast_to(x, full)
 
 
-def _expand_back(grad_out: Arr, out: Arr, x: Arr, shape) -> Arr:
+def expand_back(grad_out: Arr, out: Arr, x: Arr, shape) -> Arr:
+    """expand copies x along new and size-1 axes: the gradient sums the copies (``unbroadcast``)."""
     return unbroadcast(grad_out, x)
 
 
@@ -415,11 +469,21 @@ def _getitem(x: Arr, index) -> Arr:
     return x[index]
 
 
-def _getitem_back(grad_out: Arr, out: Arr, x: Arr, index) -> Arr:
+def getitem_back(grad_out: Arr, out: Arr, x: Arr, index) -> Arr:
     """Scatter-add the gradient into the selected positions (np.add.at adds repeated indices)."""
     grad = np.zeros_like(x, dtype=grad_out.dtype)
     np.add.at(grad, index, grad_out)
     return grad
+
+
+def matmul2d_back0(grad_out: Arr, out: Arr, x: Arr, y: Arr) -> Arr:
+    """∂L/∂X = ḡ Yᵀ for out = X Y (matrices, or stacks of them: Yᵀ swaps the last two axes)."""
+    return grad_out @ np.swapaxes(y, -1, -2)
+
+
+def matmul2d_back1(grad_out: Arr, out: Arr, x: Arr, y: Arr) -> Arr:
+    """∂L/∂Y = Xᵀ ḡ for out = X Y (matrices, or stacks of them)."""
+    return np.swapaxes(x, -1, -2) @ grad_out
 
 
 def _matmul_back(position: int) -> Callable:
@@ -435,11 +499,9 @@ def _matmul_back(position: int) -> Callable:
         if a.ndim == 1:
             g = np.expand_dims(g, -2)
         if position == 0:
-            grad = g @ np.swapaxes(b2, -1, -2)
-            grad = unbroadcast(grad, a2.shape)
+            grad = unbroadcast(matmul2d_back0(g, out, a2, b2), a2.shape)
             return grad[0] if a.ndim == 1 else grad
-        grad = np.swapaxes(a2, -1, -2) @ g
-        grad = unbroadcast(grad, b2.shape)
+        grad = unbroadcast(matmul2d_back1(g, out, a2, b2), b2.shape)
         return grad[:, 0] if b.ndim == 1 else grad
 
     return back
@@ -478,18 +540,17 @@ BACK_FUNCS.add_back_func(np.true_divide, 0, _binary_back(lambda g, out, x, y: g 
 BACK_FUNCS.add_back_func(np.true_divide, 1, _binary_back(lambda g, out, x, y: -g * x / y**2, 1))
 BACK_FUNCS.add_back_func(np.power, 0, _binary_back(lambda g, out, x, y: g * y * x ** (y - 1), 0))
 BACK_FUNCS.add_back_func(np.power, 1, _binary_back(lambda g, out, x, y: g * out * np.log(x), 1))
-# maximum: the gradient goes to the larger argument, split evenly on ties (as torch.maximum does).
-BACK_FUNCS.add_back_func(np.maximum, 0, _binary_back(lambda g, out, x, y: g * ((x > y) + 0.5 * (x == y)), 0))
-BACK_FUNCS.add_back_func(np.maximum, 1, _binary_back(lambda g, out, x, y: g * ((x < y) + 0.5 * (x == y)), 1))
+BACK_FUNCS.add_back_func(np.maximum, 0, maximum_back0)
+BACK_FUNCS.add_back_func(np.maximum, 1, maximum_back1)
 BACK_FUNCS.add_back_func(np.matmul, 0, _matmul_back(0))
 BACK_FUNCS.add_back_func(np.matmul, 1, _matmul_back(1))
 BACK_FUNCS.add_back_func(_relu, 0, _relu_back)
-BACK_FUNCS.add_back_func(_sum, 0, _sum_back)
+BACK_FUNCS.add_back_func(_sum, 0, sum_back)
 BACK_FUNCS.add_back_func(_max, 0, _max_tensor_back)
-BACK_FUNCS.add_back_func(_reshape, 0, _reshape_back)
-BACK_FUNCS.add_back_func(_permute, 0, _permute_back)
-BACK_FUNCS.add_back_func(_expand, 0, _expand_back)
-BACK_FUNCS.add_back_func(_getitem, 0, _getitem_back)
+BACK_FUNCS.add_back_func(_reshape, 0, reshape_back)
+BACK_FUNCS.add_back_func(_permute, 0, permute_back)
+BACK_FUNCS.add_back_func(_expand, 0, expand_back)
+BACK_FUNCS.add_back_func(_getitem, 0, getitem_back)
 
 
 # ---------------------------------------------------------------- backpropagation
@@ -526,20 +587,21 @@ def sorted_computational_graph(end: Tensor) -> list[Tensor]:
     return topological_sort(end, lambda t: list(t.recipe.parents.values()) if t.recipe else [])[::-1]
 
 
-def backward(end: Tensor, end_grad: Arr | Tensor | None = None) -> None:
-    """Accumulate d end / d leaf into the ``grad`` of every leaf that requires one.
+def backprop(end_node: Tensor, end_grad: Arr | Tensor | None = None) -> None:
+    """Accumulate d end_node / d leaf into the ``grad`` of every leaf that requires one
+    (``Tensor.backward`` calls this).
 
     The chain rule for a node used several times sums the contributions of all its uses; the
     topological order guarantees they have all arrived before the node passes its own on.
     """
-    if not end.requires_grad:
+    if not end_node.requires_grad:
         raise RuntimeError("backward() on a tensor that does not require a gradient")
     if end_grad is None:
-        if end.array.size != 1:
-            raise RuntimeError(f"backward() on a tensor of shape {end.shape} needs end_grad (the gradient is only implicit for a scalar)")
-        end_grad = np.ones_like(end.array)
-    grads: dict[int, Arr] = {id(end): np.asarray(end_grad.array if isinstance(end_grad, Tensor) else end_grad)}
-    for node in sorted_computational_graph(end):
+        if end_node.array.size != 1:
+            raise RuntimeError(f"backward() on a tensor of shape {end_node.shape} needs end_grad (the gradient is only implicit for a scalar)")
+        end_grad = np.ones_like(end_node.array)
+    grads: dict[int, Arr] = {id(end_node): np.asarray(end_grad.array if isinstance(end_grad, Tensor) else end_grad)}
+    for node in sorted_computational_graph(end_node):
         grad = grads.pop(id(node))
         if node.is_leaf:
             if node.requires_grad:
@@ -593,8 +655,9 @@ class Module:
         for name, m in self._modules.items():
             yield from m.named_parameters(f"{prefix}{name}.")
 
-    def parameters(self) -> Iterator[Parameter]:
-        return (p for _, p in self.named_parameters())
+    def parameters(self, recurse: bool = True) -> Iterator[Parameter]:
+        """This module's parameters, then (if ``recurse``) its sub-modules', as in torch and ARENA."""
+        return (p for _, p in self.named_parameters()) if recurse else iter(self._parameters.values())
 
     def zero_grad(self) -> None:
         for p in self.parameters():

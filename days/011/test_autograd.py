@@ -183,6 +183,212 @@ def test_reshape_accepts_a_tuple_and_varargs_like_torch(args):
     assert_parity(ours.grad.array, ref.grad, atol=0)
 
 
+# ---------------------------------------------------------------- ARENA's backward functions, one by one
+
+
+def _ties(shape, rng):
+    """Small integers, so that maximum meets ties (where the gradient is split in half)."""
+    return rng.integers(-2, 3, size=shape).astype(np.float64)
+
+
+# (ARENA's name, our function, torch's forward, input shapes, sampler, kwargs, argument position):
+# each backward function returns ḡ·∂out/∂arg for its position, summed back over broadcast axes.
+BACKS = [
+    ("log_back", A.log_back, torch.log, [(3, 4)], pos, {}, 0),
+    ("exp_back", A.exp_back, torch.exp, [(3, 4)], normal, {}, 0),
+    ("negative_back", A.negative_back, torch.neg, [(3, 4)], normal, {}, 0),
+    ("multiply_back0", A.multiply_back0, torch.mul, [(3, 4), (4,)], normal, {}, 0),
+    ("multiply_back1", A.multiply_back1, torch.mul, [(3, 1), (1, 4)], normal, {}, 1),
+    ("maximum_back0", A.maximum_back0, torch.maximum, [(3, 4), (1, 4)], _ties, {}, 0),
+    ("maximum_back1", A.maximum_back1, torch.maximum, [(3, 4), (1, 4)], _ties, {}, 1),
+    ("matmul2d_back0", A.matmul2d_back0, torch.matmul, [(3, 4), (4, 5)], normal, {}, 0),
+    ("matmul2d_back1", A.matmul2d_back1, torch.matmul, [(3, 4), (4, 5)], normal, {}, 1),
+    ("reshape_back", A.reshape_back, lambda x, shape: x.reshape(shape), [(2, 3, 4)], normal, {"shape": (4, 6)}, 0),
+    ("permute_back", A.permute_back, lambda x, axes: x.permute(axes), [(2, 3, 4)], normal, {"axes": (1, 2, 0)}, 0),
+    ("expand_back", A.expand_back, lambda x, shape: x.expand(shape), [(3, 1)], normal, {"shape": (2, 3, 4)}, 0),
+    ("sum_back_all", A.sum_back, lambda x, dim, keepdim: x.sum(), [(3, 4)], normal, {"dim": None, "keepdim": False}, 0),
+    ("sum_back_dim", A.sum_back, lambda x, dim, keepdim: x.sum(dim=dim, keepdim=keepdim), [(2, 3, 4)], normal,
+     {"dim": 1, "keepdim": False}, 0),
+    ("sum_back_dims_keepdim", A.sum_back, lambda x, dim, keepdim: x.sum(dim=dim, keepdim=keepdim), [(2, 3, 4)], normal,
+     {"dim": (0, 2), "keepdim": True}, 0),
+    ("getitem_back_repeats", A.getitem_back, lambda x, index: x[torch.from_numpy(index[0]), torch.from_numpy(index[1])],
+     [(3, 4)], normal, {"index": (np.array([0, 2, 0, 0]), np.array([1, 1, 3, 1]))}, 0),
+    ("getitem_back_slice", A.getitem_back, lambda x, index: x[index], [(3, 4)], normal,
+     {"index": (slice(1, None), slice(None, None, 2))}, 0),
+]
+
+
+@pytest.mark.parametrize("name, back, forward, shapes, sampler, kwargs, position", BACKS, ids=[b[0] for b in BACKS])
+def test_arena_backward_functions_are_vector_jacobian_products(name, back, forward, shapes, sampler, kwargs, position,
+                                                               measure):
+    """ARENA's backward functions under ARENA's names, called directly with ARENA's signature
+    back(grad_out, out, *args, **kwargs): each returns the vector–Jacobian product of its forward
+    function for its argument, ḡ·∂out/∂arg summed back over broadcast axes, which is what
+    torch.autograd.grad computes for the same float64 inputs and upstream gradient (atol 1e-12 +
+    rtol 1e-12: the same formula rounded in another order). maximum's inputs are small integers,
+    so ties occur and are split in half, as torch.maximum splits them; getitem's index repeats an
+    element, whose gradient must add up."""
+    rng = np.random.default_rng(7)
+    arrays = [sampler(s, rng) for s in shapes]
+    leaves = [torch.tensor(a, requires_grad=True) for a in arrays]
+    out = forward(*leaves, **kwargs)
+    grad_out = rng.normal(size=tuple(out.shape))
+    (expected,) = torch.autograd.grad(out, leaves[position], torch.from_numpy(grad_out))
+    ours = back(grad_out, out.detach().numpy(), *arrays, **kwargs)
+    assert np.shape(ours) == tuple(expected.shape), name
+    report = assert_parity(ours, expected, atol=1e-12, rtol=1e-12, name=name)
+    measure(f"arena_back.{name}.max_abs_err", report.max_abs_err, "≤ 1e-12 + 1e-12·|ref|")
+    if name.startswith("maximum"):
+        assert 0 < np.mean(arrays[0] == np.broadcast_to(arrays[1], arrays[0].shape)) < 1  # ties were exercised
+
+
+def test_invert_transposition_undoes_every_permutation():
+    """ARENA's invert_transposition(axes) is the permutation that undoes np.transpose(·, axes):
+    for all 120 permutations of five axes, torch's x.permute(axes).permute(inverse) is x exactly,
+    and so is x.permute(inverse).permute(axes) (the inverse is two-sided); it returns a tuple of
+    ints, what np.transpose and torch.permute take. permute_back is built on it."""
+    from itertools import permutations
+
+    x = torch.arange(2 * 3 * 4 * 5 * 6).reshape(2, 3, 4, 5, 6)
+    for axes in permutations(range(5)):
+        inverse = A.invert_transposition(axes)
+        assert isinstance(inverse, tuple) and all(type(i) is int for i in inverse)
+        assert torch.equal(x.permute(axes).permute(inverse), x), axes
+        assert torch.equal(x.permute(inverse).permute(axes), x), axes
+    assert A.invert_transposition((0,)) == (0,) and A.invert_transposition(()) == ()
+
+
+def test_log_forward_records_arenas_recipe():
+    """ARENA's log_forward, written before wrap_forward_fn generalises it: the value is np.log
+    (torch.log on the same input, exactly); the output requires a gradient, with the recipe
+    (np.log, (x.array,), {}, {0: x}), exactly when x does and grad mode is on; no recipe under
+    NoGrad or for an input that requires none; and a backward pass through it gives torch's
+    gradient 1/x (float64, 1e-12)."""
+    a = np.random.default_rng(8).uniform(1.5, 4.0, size=(3, 4))  # log x > 0, so log(log x) is defined
+    x = A.Tensor(a.copy(), requires_grad=True)
+    y = A.log_forward(x)
+    assert np.array_equal(y.array, torch.log(torch.from_numpy(a)).numpy())
+    assert y.requires_grad and y.recipe is not None
+    assert y.recipe.func is np.log and y.recipe.kwargs == {} and y.recipe.parents == {0: x}
+    assert len(y.recipe.args) == 1 and y.recipe.args[0] is x.array
+    z = A.log_forward(y)  # a non-leaf input: recorded too, with y as the parent
+    assert z.requires_grad and z.recipe.parents == {0: y}
+    plain = A.log_forward(A.Tensor(a.copy()))
+    assert not plain.requires_grad and plain.recipe is None
+    with A.NoGrad():
+        off = A.log_forward(x)
+    assert not off.requires_grad and off.recipe is None
+    xt = torch.tensor(a, requires_grad=True)
+    torch.log(torch.log(xt)).sum().backward()
+    A.backprop(z.sum())
+    assert_parity(x.grad.array, xt.grad, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("make_a, make_b", [
+    (lambda a, b: A.Tensor(a, requires_grad=True), lambda a, b: A.Tensor(b, requires_grad=True)),
+    (lambda a, b: A.Tensor(a, requires_grad=True), lambda a, b: A.Tensor(b)),
+    (lambda a, b: A.Tensor(a), lambda a, b: A.Tensor(b, requires_grad=True)),
+    (lambda a, b: A.Tensor(a, requires_grad=True), lambda a, b: 2.5),
+    (lambda a, b: 3, lambda a, b: A.Tensor(b, requires_grad=True)),
+], ids=["tensor_tensor", "grad_plain", "plain_grad", "tensor_float", "int_tensor"])
+def test_multiply_forward_records_arenas_recipe(make_a, make_b):
+    """ARENA's multiply_forward(a, b), a tensor or a Python number on either side: the value is
+    np.multiply (torch.mul on the same inputs, exactly, with broadcasting (3, 1) × (4,)); the
+    recipe's parents are exactly the tensor arguments that require a gradient, at their argument
+    positions, and its args are the arrays (numbers stay numbers); the gradients of a backward pass
+    equal torch.autograd's (float64, 1e-12). Two plain numbers are refused."""
+    rng = np.random.default_rng(9)
+    a0, b0 = rng.normal(size=(3, 1)), rng.normal(size=(4,))
+    a, b = make_a(a0.copy(), b0.copy()), make_b(a0.copy(), b0.copy())
+    out = A.multiply_forward(a, b)
+    as_torch = [torch.tensor(v.array, requires_grad=v.requires_grad) if isinstance(v, A.Tensor) else v for v in (a, b)]
+    expected = torch.mul(*as_torch)
+    assert np.array_equal(out.array, expected.detach().numpy())
+    wanted = {i: v for i, v in enumerate((a, b)) if isinstance(v, A.Tensor) and v.requires_grad}
+    assert out.requires_grad == bool(wanted)
+    assert out.recipe.func is np.multiply and out.recipe.parents == wanted
+    assert [type(v) for v in out.recipe.args] == [np.ndarray if isinstance(v, A.Tensor) else type(v) for v in (a, b)]
+    upstream = rng.normal(size=out.shape)
+    A.backprop(out, upstream)
+    expected.backward(torch.from_numpy(upstream))
+    for ours, theirs in zip((a, b), as_torch):
+        if isinstance(ours, A.Tensor) and ours.requires_grad:
+            assert_parity(ours.grad.array, theirs.grad, atol=1e-12, rtol=1e-12)
+        elif isinstance(ours, A.Tensor):
+            assert ours.grad is None
+    with pytest.raises(TypeError, match="at least one Tensor"):
+        A.multiply_forward(2.0, 3.0)
+
+
+def test_backprop_on_arenas_graphs_matches_torch_autograd():
+    """ARENA's backprop(end_node, end_grad) on the graphs of ARENA's own tests, against
+    torch.autograd (float64, 1e-12): a chain, a branching graph, a parent shared by two children,
+    a Python number as an argument; an explicit end_grad given as an array or as a Tensor; leaves
+    that require no gradient get none."""
+    rng = np.random.default_rng(10)
+    a0, b0, c0 = rng.uniform(0.5, 2.0, size=3), rng.uniform(0.5, 2.0, size=3), rng.uniform(0.5, 2.0, size=3)
+
+    def graph(lib, a, b, c):
+        log, exp = (A.log, A.exp) if lib is A else (torch.log, torch.exp)
+        chain = log(exp(a) * 3.0)                   # a chain with a Python number
+        branch = log(a * b) * exp(b)                # b reaches the output along two branches
+        shared = a * a + c * 2.0                    # a parent shared by both factors of a product
+        return chain + branch + shared
+
+    for end_grad in (None, "array", "tensor"):
+        ours = [A.Tensor(v.copy(), requires_grad=True) for v in (a0, b0)] + [A.Tensor(c0.copy())]
+        refs = [torch.tensor(v, requires_grad=True) for v in (a0, b0)] + [torch.tensor(c0)]
+        out = graph(A, *ours)
+        ref = graph(torch, *refs)
+        if end_grad is None:
+            A.backprop(out.sum())
+            ref.sum().backward()
+        else:
+            upstream = rng.normal(size=3)
+            A.backprop(out, upstream if end_grad == "array" else A.Tensor(upstream))
+            ref.backward(torch.from_numpy(upstream))
+        for mine, theirs in zip(ours[:2], refs[:2]):
+            assert_parity(mine.grad.array, theirs.grad, atol=1e-12, rtol=1e-12, name=f"end_grad={end_grad}")
+        assert ours[2].grad is None
+
+
+def test_sorted_computational_graph_puts_every_node_before_its_inputs():
+    """ARENA's sorted_computational_graph(tensor): the graph behind a tensor in the order backprop
+    visits it, the tensor first and every node before the nodes it was computed from; each node
+    once, leaves included, nodes that were not recorded left out."""
+    a = A.Tensor(np.array([1.0, 2.0]), requires_grad=True)
+    b = A.Tensor(np.array([3.0, 4.0]), requires_grad=True)
+    c = a * b
+    d = c.log()
+    e = d + c
+    f = e * 2.0
+    order = A.sorted_computational_graph(f)
+    assert order[0] is f and len(order) == len({id(n) for n in order}) == 6
+    position = {id(n): i for i, n in enumerate(order)}
+    for node in order:
+        for parent in (node.recipe.parents.values() if node.recipe else []):
+            assert position[id(node)] < position[id(parent)]
+    assert {id(n) for n in order} == {id(n) for n in (a, b, c, d, e, f)}
+
+
+def test_coerce_index_replaces_tensors_by_their_arrays():
+    """ARENA's coerce_index: tensors in an index (alone or inside a tuple) become their arrays,
+    everything else (ints, slices, arrays) is kept; indexing a tensor with tensors then selects
+    what torch selects, and the gradient scatters back like torch's."""
+    rows, cols = A.Tensor(np.array([0, 2, 0])), A.Tensor(np.array([1, 1, 3]))
+    assert A.coerce_index(rows) is rows.array
+    coerced = A.coerce_index((rows, slice(None), 2, cols))
+    assert coerced[0] is rows.array and coerced[1] == slice(None) and coerced[2] == 2 and coerced[3] is cols.array
+    assert A.coerce_index(3) == 3
+    x0 = np.random.default_rng(11).normal(size=(3, 4))
+    x, xt = A.Tensor(x0.copy(), requires_grad=True), torch.tensor(x0, requires_grad=True)
+    picked, expected = x[rows, cols], xt[torch.tensor([0, 2, 0]), torch.tensor([1, 1, 3])]
+    assert np.array_equal(picked.array, expected.detach().numpy())
+    picked.sum().backward()
+    expected.sum().backward()
+    assert_parity(x.grad.array, xt.grad, atol=0)
+
+
 # ---------------------------------------------------------------- random graphs
 
 N = 4
@@ -398,7 +604,8 @@ def test_backward_errors_are_clear():
 
 def test_module_registers_parameters_like_torch():
     """Parameters and sub-modules assigned as attributes are registered in order, recursively,
-    with torch's dotted names and shapes for the same structure."""
+    with torch's dotted names and shapes for the same structure; parameters(recurse=False), as in
+    ARENA's Module and torch's, lists only the module's own."""
     class Block(A.Module):
         def __init__(self):
             super().__init__()
@@ -428,6 +635,8 @@ def test_module_registers_parameters_like_torch():
     ours = [(n, p.shape) for n, p in Net().named_parameters()]
     ref = [(n, tuple(p.shape)) for n, p in TorchNet().named_parameters()]
     assert ours == ref
+    assert [p.shape for p in Block().parameters(recurse=False)] == [tuple(p.shape) for p in TorchBlock().parameters(recurse=False)]
+    assert list(Net().parameters(recurse=False)) == [] and len(list(Net().parameters())) == len(ref)
     assert len(list(Net().modules())) == 3
     assert "Linear(in_features=5, out_features=4, bias=True)" in repr(Net())
 

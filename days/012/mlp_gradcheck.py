@@ -6,6 +6,8 @@
   log softmax(z) = (z − m) − log Σⱼ exp(zⱼ − m) with m = maxⱼ zⱼ held constant. Its gradient
   with respect to the logits is (softmax(z) − onehot(y)) / batch, and m drops out of it.
 - ``SGD``: θ ← θ − η ∇L on the engine's parameters.
+- ``train`` and ``test``: ARENA's epoch loop over a loader of (images, labels) batches, and its
+  evaluation under ``NoGrad`` (mean loss per example, accuracy).
 - ``torch_twin``: the same network in torch with the same weights, trained on the same batches,
   to compare the losses step by step.
 """
@@ -13,12 +15,13 @@
 from __future__ import annotations
 
 import importlib
+import itertools
 import json
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -117,11 +120,53 @@ class Run:
     seconds: float = 0.0
 
 
-def accuracy_ours(model: MLP, images: Arr, labels: Arr, batch: int = 2000) -> float:
+def _array(values) -> Arr:
+    """A batch as a numpy array, whether it comes as our Tensor, a torch tensor (ARENA's
+    DataLoader) or an array."""
+    if isinstance(values, Tensor):
+        return values.array
+    return values.numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+
+
+Batches = Iterable[tuple[object, object]]
+
+
+def train(model: Module, train_loader: Batches, optimizer: SGD, epoch: int,
+          train_loss_list: list[float] | None = None) -> list[float]:
+    """ARENA's training loop for one epoch: for each (images, labels) batch of the loader,
+    zero the gradients, compute the mean cross-entropy of the model's logits, backpropagate and
+    step. Appends each batch's loss to ``train_loss_list`` (if given) and returns this epoch's
+    losses. ``epoch`` only labels the epoch, as in ARENA (which prints it in a progress bar)."""
+    losses = train_loss_list if train_loss_list is not None else []
+    for data, target in train_loader:
+        optimizer.zero_grad()
+        loss = cross_entropy(model(Tensor(_array(data))), _array(target))
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def test(model: Module, test_loader: Batches, test_loss_list: list[float] | None = None) -> float:
+    """ARENA's evaluation: under NoGrad, the cross-entropy summed over every example of the loader
+    and divided by their number (appended to ``test_loss_list``, if given), and the accuracy of
+    the argmax prediction, which is returned."""
+    total_loss, correct, n_data = 0.0, 0, 0
     with NoGrad():
-        hits = sum(int((model(Tensor(images[i:i + batch])).array.argmax(1) == labels[i:i + batch]).sum())
-                   for i in range(0, len(images), batch))
-    return hits / len(images)
+        for data, target in test_loader:
+            labels = _array(target)
+            logits = model(Tensor(_array(data)))
+            total_loss += cross_entropy(logits, labels).item() * len(labels)
+            correct += int((logits.array.argmax(axis=1) == labels).sum())
+            n_data += len(labels)
+    if test_loss_list is not None:
+        test_loss_list.append(total_loss / n_data)
+    return correct / n_data
+
+
+def accuracy_ours(model: MLP, images: Arr, labels: Arr, batch: int = 2000) -> float:
+    """ARENA's ``test`` on the arrays, in batches of ``batch``."""
+    return test(model, ((images[i:i + batch], labels[i:i + batch]) for i in range(0, len(images), batch)))
 
 
 def accuracy_torch(model: torch.nn.Module, images: Arr, labels: Arr) -> float:
@@ -131,8 +176,8 @@ def accuracy_torch(model: torch.nn.Module, images: Arr, labels: Arr) -> float:
 
 def _train(step: Callable[[Int[Arr, "batch"]], float], evaluate: Callable[[], float] | None, n: int, *,
            epochs: int, batch_size: int, seed: int | None) -> Run:
-    """The loop both engines share: one ``step(batch indices) -> loss`` per batch, and
-    ``evaluate() -> test accuracy`` after each epoch."""
+    """The torch twin's loop: one ``step(batch indices) -> loss`` per batch, and
+    ``evaluate() -> test accuracy`` after each epoch (ours is ``train_ours``, on the same batches)."""
     run = Run()
     steps_per_epoch = math.ceil(n / batch_size)
     start = time.perf_counter()
@@ -146,18 +191,21 @@ def _train(step: Callable[[Int[Arr, "batch"]], float], evaluate: Callable[[], fl
 
 def train_ours(model: MLP, images: Arr, labels: Arr, *, epochs: int, batch_size: int, lr: float, seed: int | None = 0,
                test: tuple[Arr, Arr] | None = None) -> Run:
-    """Mini-batch SGD on the cross-entropy with our engine; the test accuracy after each epoch."""
+    """Mini-batch SGD on the cross-entropy with our engine, one call of ARENA's ``train`` per epoch
+    on the batches ``batches`` draws (the same as the torch twin's); the test accuracy after each
+    epoch."""
     opt = SGD(model.parameters(), lr)
-
-    def step(idx: Arr) -> float:
-        loss = cross_entropy(model(Tensor(images[idx])), labels[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        return loss.item()
-
-    evaluate = (lambda: accuracy_ours(model, *test)) if test is not None else None
-    return _train(step, evaluate, len(images), epochs=epochs, batch_size=batch_size, seed=seed)
+    run = Run()
+    stream = batches(len(images), batch_size, epochs, seed)
+    per_epoch = math.ceil(len(images) / batch_size)
+    start = time.perf_counter()
+    for epoch in range(epochs):
+        loader = ((images[idx], labels[idx]) for idx in itertools.islice(stream, per_epoch))
+        train(model, loader, opt, epoch, run.losses)
+        if test is not None:
+            run.test_accuracy.append(accuracy_ours(model, *test))
+    run.seconds = time.perf_counter() - start
+    return run
 
 
 def train_torch(model: torch.nn.Module, images: Arr, labels: Arr, *, epochs: int, batch_size: int, lr: float,

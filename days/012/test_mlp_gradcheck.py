@@ -101,6 +101,88 @@ def test_float32_losses_track_torch(measure):
     measure("float32.loss_gap.max", report.max_abs_err, "≤ 1e-5")
 
 
+def _loader(images, labels, batch_size, kind):
+    """Batches in the order of the data, as ARENA's DataLoader yields them (torch tensors), or as
+    numpy arrays, or as our own Tensors."""
+    for start in range(0, len(images), batch_size):
+        x, y = images[start:start + batch_size], labels[start:start + batch_size]
+        if kind == "torch":
+            yield torch.from_numpy(x), torch.from_numpy(y)
+        elif kind == "tensor":
+            yield M.Tensor(x), M.Tensor(y)
+        else:
+            yield x, y
+
+
+@pytest.mark.parametrize("kind", ["torch", "numpy", "tensor"])
+def test_arena_train_epoch_matches_torch(kind, measure):
+    """ARENA's train(model, train_loader, optimizer, epoch, train_loss_list): one epoch over the
+    loader's batches (here 640 digits in batches of 64, yielded as torch tensors like ARENA's
+    DataLoader, as numpy arrays, or as our Tensors), each step zero_grad → cross-entropy →
+    backward → SGD step, appending each batch's loss. The same steps in torch (the twin with the
+    same initial weights, F.cross_entropy, torch.optim.SGD) give the same loss at every step and
+    the same final weights (float64, 1e-10: the same sums in another order, ~1e-16 each, over ten
+    steps)."""
+    images, labels = M.mnist_arrays("test", limit=640)
+    x = images.astype(np.float64)
+    model = M.MLP(seed=2, dtype=np.float64)
+    twin = M.torch_twin(model)
+    losses: list[float] = []
+    returned = M.train(model, _loader(x, labels, 64, kind), M.SGD(model.parameters(), lr=0.1), epoch=0,
+                       train_loss_list=losses)
+    assert returned == losses and len(losses) == 10
+    opt = torch.optim.SGD(twin.parameters(), lr=0.1)
+    expected = []
+    for xb, yb in _loader(x, labels, 64, "torch"):
+        loss = torch.nn.functional.cross_entropy(twin(xb), yb)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        expected.append(loss.item())
+    report = assert_parity(np.array(losses), np.array(expected), atol=1e-10, name="train losses")
+    measure(f"arena_train.{kind}.loss_gap.max", report.max_abs_err, "≤ 1e-10")
+    for layer, t in zip(model.layers(), [m for m in twin if isinstance(m, torch.nn.Linear)]):
+        assert_parity(layer.weight.array, t.weight, atol=1e-10)
+        assert_parity(layer.bias.array, t.bias, atol=1e-10)
+
+
+def test_arena_test_matches_torch_on_uneven_batches(measure):
+    """ARENA's test(model, test_loader, test_loss_list): under NoGrad (no recipe is recorded), the
+    accuracy and the mean cross-entropy per example over all examples of the loader, appended to
+    test_loss_list, equal the torch twin's (float64, 1e-12), on 250 digits in batches of 64: the
+    last batch has 58, so averaging per batch instead of per example would be caught."""
+    images, labels = M.mnist_arrays("test", limit=250)
+    x = images.astype(np.float64)
+    model = M.MLP(seed=3, dtype=np.float64)
+    twin = M.torch_twin(model)
+    M.train(model, _loader(x, labels, 50, "numpy"), M.SGD(model.parameters(), lr=0.1), epoch=0)  # not at chance
+    twin = M.torch_twin(model)
+
+    recorded = []
+
+    class Spy(M.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, xb):
+            out = self.inner(xb)
+            recorded.append(out.requires_grad or out.recipe is not None)
+            return out
+
+    test_losses: list[float] = []
+    accuracy = M.test(Spy(model), _loader(x, labels, 64, "torch"), test_losses)
+    assert recorded == [False] * 4
+    with torch.no_grad():
+        logits = twin(torch.from_numpy(x))
+        ref_loss = torch.nn.functional.cross_entropy(logits, torch.from_numpy(labels), reduction="sum").item() / 250
+        ref_accuracy = (logits.argmax(1).numpy() == labels).mean()
+    assert len(test_losses) == 1
+    assert test_losses[0] == pytest.approx(ref_loss, abs=1e-12, rel=1e-12)
+    assert accuracy == ref_accuracy
+    measure("arena_test.accuracy_after_one_epoch_on_250", accuracy)
+
+
 def test_sgd_step_and_zero_grad():
     """SGD moves each parameter by exactly −η·grad, skips parameters without a gradient, and
     zero_grad clears the gradients."""
