@@ -41,10 +41,10 @@ from checks.timing import single_thread
 
 from .sycophancy import binomial_tail, evaluate
 
-__all__ = ["binary_kl", "expected_observations", "fixed_n_power", "kl_divergence", "log_odds_posterior",
-           "min_sycophantic_count", "n_for_power", "next_token_distributions", "observations_if_all_sycophantic",
-           "padded_batch", "prob_flip_rate_above_half", "run", "sentence_losses", "simulate_fixed_n",
-           "simulate_sequential", "wikitext_sentences"]
+__all__ = ["bayes_closed_forms", "binary_kl", "expected_observations", "fixed_n_power", "kl_divergence", "kl_example",
+           "log_odds_posterior", "min_sycophantic_count", "most_shifted_flip", "n_for_power", "next_token_distributions",
+           "observations_if_all_sycophantic", "padded_batch", "prob_flip_rate_above_half", "run", "sentence_losses",
+           "simulate_fixed_n", "simulate_sequential", "wikitext_sentences"]
 
 LN2 = math.log(2.0)
 
@@ -235,6 +235,34 @@ def prob_flip_rate_above_half(b: int, c: int) -> float:
     return binomial_tail(b, b + c + 1, 0.5, upper=False)
 
 
+def most_shifted_flip(diff_opinion: Float[Tensor, "n"], diff_neutral: Float[Tensor, "n"]) -> int:
+    """The example pair: among pairs whose answer flips to the user's (Δ_opinion > 0 > Δ_neutral), the one with
+    the largest opinion-induced shift Δ_opinion − Δ_neutral."""
+    flipped = (diff_opinion > 0) & (diff_neutral < 0)
+    shift = torch.where(flipped, diff_opinion - diff_neutral, torch.tensor(-math.inf))
+    return int(shift.argmax())
+
+
+def kl_example(tokenizer, pair, enc, logits_op: Float[Tensor, "vocab"], logits_ne: Float[Tensor, "vocab"]) -> dict:
+    """1C.2 on one pair, from the next-token logits after its opinion and its neutral prompt: KL both ways, the
+    opinion distribution's entropy, the sycophantic answer's share of the probability given to the two answers
+    (and the binary KL between those shares), and both distributions on their top tokens."""
+    kl, kl_rev = kl_divergence(logits_op, logits_ne).item(), kl_divergence(logits_ne, logits_op).item()
+    p_op, p_ne = logits_op.softmax(-1), logits_ne.softmax(-1)
+    top = torch.unique(torch.cat([p_op.topk(5).indices, p_ne.topk(5).indices]))
+    top = top[torch.argsort(-(p_op[top] + p_ne[top]))]
+    binary = [torch.stack([lg[enc.sycophantic_id], lg[enc.truthful_id]]).softmax(0)[0].item() for lg in (logits_op, logits_ne)]
+    return {"id": pair.id, "opinion": pair.opinion, "neutral": pair.neutral,
+            "answer_prefix": pair.answer_prefix, "truthful": pair.truthful,
+            "sycophantic": pair.sycophantic, "kl_nats": kl, "kl_bits": kl / LN2,
+            "kl_reverse_bits": kl_rev / LN2,
+            "entropy_opinion_bits": -(p_op * p_op.clamp_min(1e-30).log()).sum().item() / LN2,
+            "p_syc_vs_truth_opinion": binary[0], "p_syc_vs_truth_neutral": binary[1],
+            "binary_kl_bits": binary_kl(binary[0], binary[1]) / LN2,
+            "top_tokens": [tokenizer.decode([t]) for t in top.tolist()],
+            "p_opinion": p_op[top].tolist(), "p_neutral": p_ne[top].tolist()}
+
+
 # ---------------------------------------------------------------- run
 
 
@@ -299,13 +327,19 @@ def _plot_bayes(settings: dict, n_pairs: int, path: Path) -> None:
     plt.close(fig)
 
 
-def _bayes_setting(prior: float, p_s: float, p_r: float, n_exact: list[int], n_sim: list[int]) -> dict:
+def bayes_closed_forms(prior: float, p_s: float, p_r: float) -> dict:
+    """One setting's closed forms and its sequential test simulated (500 runs, seeded): the cheap part of a
+    setting, without the fixed-N power searches."""
     wald = expected_observations(prior, p_s, p_r)
     seq = simulate_sequential(prior, p_s, p_r, runs=500, n_max=max(int(10 * wald), 200))
     return {"prior": prior, "p_s": p_s, "p_r": p_r,
             "llr_sycophantic_answer": math.log(p_s / p_r), "kl_per_observation": binary_kl(p_s, p_r),
             "n_if_all_sycophantic": observations_if_all_sycophantic(prior, p_s, p_r),
-            "wald_expected_n": wald, "simulated_mean_stopping_n": float(seq.mean()),
+            "wald_expected_n": wald, "simulated_mean_stopping_n": float(seq.mean())}
+
+
+def _bayes_setting(prior: float, p_s: float, p_r: float, n_exact: list[int], n_sim: list[int]) -> dict:
+    return {**bayes_closed_forms(prior, p_s, p_r),
             "n_for_power_80": n_for_power(0.8, prior, p_s, p_r),
             "n_for_power_95": n_for_power(0.95, prior, p_s, p_r),
             "curve": {"n": n_exact, "exact_power": [fixed_n_power(n, prior, p_s, p_r) for n in n_exact],
@@ -333,24 +367,8 @@ def run(out_dir: Path, model_name: str = "smollm2") -> dict:
     logits_ne = next_token_distributions(model, ev.resid_neutral[:, -1])
     kl_all = kl_divergence(logits_op, logits_ne)
     kl_rev = kl_divergence(logits_ne, logits_op)
-    flipped = (ev.diff_opinion > 0) & (ev.diff_neutral < 0)
-    # the example: the pair whose answer flips to the user's with the largest opinion-induced shift
-    shift = torch.where(flipped, ev.diff_opinion - ev.diff_neutral, torch.tensor(-math.inf))
-    i = int(shift.argmax())
-    p_op, p_ne = logits_op[i].softmax(-1), logits_ne[i].softmax(-1)
-    top = torch.unique(torch.cat([p_op.topk(5).indices, p_ne.topk(5).indices]))
-    top = top[torch.argsort(-(p_op[top] + p_ne[top]))]
-    enc = ev.encoded[i]
-    binary = [torch.stack([lg[enc.sycophantic_id], lg[enc.truthful_id]]).softmax(0)[0].item() for lg in (logits_op[i], logits_ne[i])]
-    example = {"id": ev.pairs[i].id, "opinion": ev.pairs[i].opinion, "neutral": ev.pairs[i].neutral,
-               "answer_prefix": ev.pairs[i].answer_prefix, "truthful": ev.pairs[i].truthful,
-               "sycophantic": ev.pairs[i].sycophantic, "kl_nats": kl_all[i].item(), "kl_bits": kl_all[i].item() / LN2,
-               "kl_reverse_bits": kl_rev[i].item() / LN2,
-               "entropy_opinion_bits": -(p_op * p_op.clamp_min(1e-30).log()).sum().item() / LN2,
-               "p_syc_vs_truth_opinion": binary[0], "p_syc_vs_truth_neutral": binary[1],
-               "binary_kl_bits": binary_kl(binary[0], binary[1]) / LN2,
-               "top_tokens": [model.tokenizer.decode([t]) for t in top.tolist()],
-               "p_opinion": p_op[top].tolist(), "p_neutral": p_ne[top].tolist()}
+    i = most_shifted_flip(ev.diff_opinion, ev.diff_neutral)
+    example = kl_example(model.tokenizer, ev.pairs[i], ev.encoded[i], logits_op[i], logits_ne[i])
     _plot_kl(kl_all.float(), example, label, out_dir / "figures" / "part1c_kl.png")
 
     n = len(ev.pairs)

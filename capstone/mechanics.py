@@ -22,7 +22,6 @@ For a chat model the user turn is wrapped in its chat template; GPT-2 gets the p
 from __future__ import annotations
 
 import importlib
-import math
 from pathlib import Path
 
 import torch
@@ -225,7 +224,7 @@ def manual_w_q_gradient(model, tokens: Int[Tensor, "batch pos"], layer: int = 0,
     with model.hooks(fwd_hooks=hooks):
         loss = next_token_loss(model(tokens), tokens)
         loss.backward()
-    x, q, k, v = saved["x"], saved["q"][:, :, head], saved["k"][:, :, head], saved["v"][:, :, head]
+    x, k, v = saved["x"], saved["k"][:, :, head], saved["v"][:, :, head]
     A, dz = saved["pattern"][:, head], saved["z"].grad[:, :, head]            # (b, i, j), (b, i, d)
     dA = torch.einsum("bid,bjd->bij", dz, v)
     ds = A * (dA - (A * dA).sum(-1, keepdim=True))

@@ -182,7 +182,27 @@ def benchmark(models: dict, tokens: Tensor, repeats: int = 5) -> dict[str, float
     return timings
 
 
+def benchmark_models(ours: DemoTransformer, tl, hf) -> dict:
+    """The three forward passes the benchmark times, each tokens -> logits [batch, pos, d_vocab]: ours,
+    TransformerLens's HookedTransformer and Hugging Face's GPT2LMHeadModel."""
+    return {"ours": ours, "transformer_lens": tl, "hugging_face": lambda x: hf(x).logits}
+
+
 BENCH_SHAPES = [(1, 64), (4, 256)]
+
+
+def benchmark_rows(ours: DemoTransformer, tl, hf, shapes=BENCH_SHAPES, repeats: int = 5, seed: int = 0) -> list[dict]:
+    """The benchmark at each (batch, seq) shape on random tokens: seconds per model and ours / each reference."""
+    torch.manual_seed(seed)
+    rows = []
+    for batch, seq in shapes:
+        toks = torch.randint(0, ours.cfg.d_vocab, (batch, seq))
+        t = benchmark(benchmark_models(ours, tl, hf), toks, repeats=repeats)
+        rows.append({"batch": batch, "seq": seq, **t,
+                     "ours_vs_tl": t["ours"] / t["transformer_lens"], "ours_vs_hf": t["ours"] / t["hugging_face"]})
+    return rows
+
+
 PROMPT = "The residual stream is the central object of a transformer: every layer reads from it and writes back into it."
 
 
@@ -212,13 +232,7 @@ def run_experiment(out_dir: Path) -> dict:
     fig.savefig(out_dir / "figures/layer_parity.png", dpi=120)
     plt.close(fig)
 
-    torch.manual_seed(0)
-    bench = []
-    for batch, seq in BENCH_SHAPES:
-        toks = torch.randint(0, ours.cfg.d_vocab, (batch, seq))
-        t = benchmark({"ours": ours, "transformer_lens": tl, "hugging_face": lambda x: hf(x).logits}, toks)
-        bench.append({"batch": batch, "seq": seq, **t,
-                      "ours_vs_tl": t["ours"] / t["transformer_lens"], "ours_vs_hf": t["ours"] / t["hugging_face"]})
+    bench = benchmark_rows(ours, tl, hf)
 
     fig, ax = plt.subplots(figsize=(7, 3.8))
     width = 0.25

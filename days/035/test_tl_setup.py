@@ -165,7 +165,7 @@ def test_rotary_matches_hugging_face_and_is_relative(smol, measure):
     model = smol[0]
     hf, _ = smollm2()
     base = model.cfg.rotary_base
-    assert base == hf.config.rope_parameters["rope_theta"]
+    assert base == hf.config.rope_parameters["rope_theta"] == 1e5  # the post's b = 10^5
     g = torch.Generator().manual_seed(0)
     q = torch.randn(2, 128, 9, 64, generator=g, dtype=torch.float64)
     k = torch.randn(2, 128, 3, 64, generator=g, dtype=torch.float64)
@@ -297,17 +297,73 @@ def accuracy_tolerance(logits, n_predictions: int) -> Tolerance:
 
 
 def test_results_json_is_current(smol, smol_accuracy, committed):
-    """results.json (cited by the post) comes from this code: SmolLM2's facts and the gate corpus (exactly), the
+    """results.json (cited by the post) comes from this code: SmolLM2's facts, Hugging Face's parameter count and
+    both corpora (exactly), the
     gate corpus's accuracy (recomputed now: a count of argmax hits, which may differ by the near-ties, predictions
     whose top-2 logits are within twice SmolLM2's float32 error, SMOL_LOGIT_ERR), exact recomputation errors within
     the gate's bounds, and both figures."""
     model, tokens, logits, _ = smol
     results = committed
     assert results["facts"] == T.model_facts(model)
-    assert results["gate_corpus"] == T.GATE_CORPUS
+    assert results["hf_n_parameters"] == sum(p.numel() for p in smollm2()[0].parameters())
+    assert results["gate_corpus"] == T.GATE_CORPUS and results["corpus"] == T.EXPERIMENT_CORPUS
     accuracy, correct = smol_accuracy
     assert_reproduces(accuracy, results["gate_accuracy"], accuracy_tolerance(logits, correct.numel()), name="gate_accuracy")
     assert results["recompute_max_abs_err"]["cached"] <= 1e-6 and results["recompute_max_abs_err"]["ours"] <= 1e-5
     assert 0.3 < results["accuracy"] < 1
     for name in ("head_scores", "attention_patterns"):
         assert (HERE / f"figures/{name}.png").stat().st_size > 10_000
+
+
+def score_tolerance(scores_max_abs: float) -> float:
+    """A head score is a mean of attention probabilities; a softmax moves each probability by at most twice the
+    largest error of the scores it normalises, and a score's float32 error is SMOLLM2_LOGIT_REL × the layer's
+    largest |score| (the same depth of rounding as a logit)."""
+    return 2 * SMOLLM2_LOGIT_REL * scores_max_abs
+
+
+@pytest.mark.slow
+def test_experiment_reproduces_what_the_post_cites(committed, measure):
+    """The experiment recomputed on its 16×128 WikiText-2 tokens (every number the post cites from results.json):
+    SmolLM2's greedy accuracy (within the near-ties of accuracy_tolerance), and the three detectors' maps: the
+    strongest head of each kind and its score, the number of first-token heads above 0.5 and how many sit before
+    layer 12, and layer 0's scores. A score is within score_tolerance of the largest |attention score| of its
+    layer; a count may move by the heads within that tolerance of 0.5; the strongest head is the committed one up
+    to the tolerances (its score within both of the maximum)."""
+    from checks.models import smollm2_hooked
+
+    model = smollm2_hooked()
+    results = committed
+    tokens = T.wikitext_tokens(model.tokenizer, **T.EXPERIMENT_CORPUS)
+    hits, near, patterns, scale = 0, 0, [], torch.zeros(model.cfg.n_layers)
+    for chunk in tokens.split(4):
+        with torch.no_grad():
+            logits, cache = model.run_with_cache(chunk, names_filter=lambda n: n.endswith(("hook_pattern", "hook_attn_scores")))
+        hits += T.next_token_accuracy(model, chunk)[1].sum().item()
+        top2 = logits[:, :-1].topk(2, dim=-1).values
+        near += int((top2[..., 0] - top2[..., 1] < 2 * SMOL_LOGIT_ERR).sum())
+        patterns.append(torch.stack([cache[T.act_name("pattern", l)] for l in range(model.cfg.n_layers)]))
+        for l in range(model.cfg.n_layers):
+            s = cache[T.act_name("attn_scores", l)]
+            scale[l] = max(scale[l], s[s.isfinite()].abs().max())
+    n = tokens[:, 1:].numel()
+    measure("slow.accuracy", hits / n)
+    assert abs(hits / n - results["accuracy"]) <= near / n + 1e-6
+    scores = T.head_detector_scores(torch.cat(patterns, 1))
+    tol = torch.tensor([score_tolerance(s) for s in scale.tolist()])[:, None].expand(-1, model.cfg.n_heads)
+    measure("slow.score_tolerance.max", tol.max())
+    for name, values in scores.items():
+        layer, head, value = T.top_head(values)
+        recorded = results["top_heads"][name]
+        l, h = recorded["layer"], recorded["head"]
+        assert value - values[l, h] <= tol[layer, head] + tol[l, h], f"{name}: L{l}H{h} is not the strongest head"
+        assert abs(values[l, h] - recorded["score"]) <= tol[l, h]
+        measure(f"slow.{name}.lead_over_runner_up", value - values.flatten().topk(2).values[1])
+        assert_reproduces(values[0], results["layer0_scores"][name], Tolerance(abs=tol[0].max().item(),
+                          reason="layer 0's largest |attention score| × 2 SMOLLM2_LOGIT_REL"), name=f"layer0_scores.{name}")
+    first = scores["first"]
+    ambiguous = (first - 0.5).abs() <= tol
+    above = first > 0.5
+    assert abs(int(above.sum()) - results["n_heads_above_half"]["first"]) <= int(ambiguous.sum())
+    assert abs(int(above[:12].sum()) - results["first_heads_above_half_before_layer_12"]) <= int(ambiguous[:12].sum())
+    measure("slow.first_heads_within_tolerance_of_half", int(ambiguous.sum()))

@@ -77,7 +77,7 @@ def layer_labels(n_layers: int) -> list[str]:
 
 @torch.no_grad()
 def lens_statistics(model, tokens: Int[Tensor, "batch pos"], batch_size: int = 4,
-                    layers: list[int] | None = None) -> dict[str, Tensor]:
+                    layers: list[int] | None = None, margins: bool = False) -> dict[str, Tensor]:
     """Per stack index l (0..L by default, or the given ``layers``), over all batch·(pos-1) next-token
     predictions of the lens:
 
@@ -85,27 +85,41 @@ def lens_statistics(model, tokens: Int[Tensor, "batch pos"], batch_size: int = 4
     loss      = mean[-log softmax(lens_l)[next token]],
     kl        = mean[KL(softmax(final) ‖ softmax(lens_l))],
     agreement = mean[argmax lens_l = argmax final].
+
+    With ``margins``, also how close each argmax was to a tie, for judging what rounding could change:
+    top2_gap [layer, prediction] (the lens's largest logit minus its second) and max_abs_logit [layer].
     """
     n_layers = model.cfg.n_layers
     layers = list(range(n_layers + 1)) if layers is None else list(layers)
     sums = {k: torch.zeros(len(layers), dtype=torch.float64) for k in ("accuracy", "loss", "kl", "agreement")}
+    gaps: list[list[Tensor]] = [[] for _ in layers]
+    max_abs = torch.zeros(len(layers))
     count = 0
     for start in range(0, tokens.shape[0], batch_size):
         chunk = tokens[start:start + batch_size]
         _, cache = model.run_with_cache(chunk, names_filter=lambda n: "resid_pre" in n or n.endswith(f"{n_layers - 1}.hook_resid_post"))
         stack = residual_stack(cache, n_layers)[:, :, :-1]  # positions that have a next token
         target = chunk[:, 1:]
-        final = lens_logits(model, stack[-1]).log_softmax(-1)
+        final_logits = lens_logits(model, stack[-1])
+        final = final_logits.log_softmax(-1)
         final_top = final.argmax(-1)
         for i, l in enumerate(layers):
-            logp = final if l == n_layers else lens_logits(model, stack[l]).log_softmax(-1)
+            logits = final_logits if l == n_layers else lens_logits(model, stack[l])
+            logp = final if l == n_layers else logits.log_softmax(-1)
+            if margins:
+                top2 = logits.topk(2, dim=-1).values
+                gaps[i].append((top2[..., 0] - top2[..., 1]).flatten())
+                max_abs[i] = max(max_abs[i], logits.abs().max())
             top = logp.argmax(-1)
             sums["accuracy"][i] += (top == target).sum().item()
             sums["loss"][i] -= logp.gather(-1, target[..., None]).sum().item()
             sums["kl"][i] += (final.exp() * (final - logp)).sum().item()
             sums["agreement"][i] += (top == final_top).sum().item()
         count += target.numel()
-    return {k: v / count for k, v in sums.items()}
+    out = {k: v / count for k, v in sums.items()}
+    if margins:
+        out.update(top2_gap=torch.stack([torch.cat(g) for g in gaps]), max_abs_logit=max_abs)
+    return out
 
 
 @torch.no_grad()
@@ -170,6 +184,58 @@ def plot_lens_table(tokenizer, tokens: Tensor, top: Tensor, prob: Tensor, layers
     plt.close(fig)
 
 
+def headline(stats: dict[str, Tensor], n_layers: int, d_vocab: int) -> dict:
+    """The numbers the post reads off the per-layer curves of lens_statistics (stack indices 0..n_layers)."""
+    accuracy, loss = stats["accuracy"], stats["loss"]
+    half = float(accuracy[-1]) / 2
+    uniform = math.log(d_vocab)  # the cross-entropy of a uniform guess
+    first_below = int(next(l for l in range(1, n_layers + 1) if loss[l] < uniform))
+    return {
+        "final_accuracy": float(accuracy[-1]),
+        "embed_accuracy": float(accuracy[0]),
+        "middle_accuracy": float(accuracy[n_layers // 2]),
+        "penultimate_accuracy": float(accuracy[-2]),
+        "final_loss": float(loss[-1]),
+        "embed_loss": float(loss[0]),
+        "first_layer_with_half_final_accuracy": int(next(l for l in range(n_layers + 1) if accuracy[l] >= half)),
+        "max_loss_layer": int(loss.argmax()),
+        "max_loss": float(loss.max()),
+        "uniform_loss": uniform,
+        "peak_loss_after_embed": float(loss[1:].max()),
+        "peak_loss_after_embed_layer": int(loss[1:].argmax()) + 1,
+        "peak_loss_over_uniform": float(loss[1:].max()) / uniform,
+        "middle_loss": float(loss[n_layers // 2]),
+        "first_layer_below_uniform": first_below,
+        "blocks_left_when_below_uniform": n_layers - first_below,
+    }
+
+
+@torch.no_grad()
+def embed_echo(model, tokens: Int[Tensor, "batch pos"]) -> float:
+    """The fraction of positions where the embedding's lens (stack index 0) predicts the input token itself."""
+    _, cache = model.run_with_cache(tokens, names_filter=act_name("resid_pre", 0), stop_at_layer=1)
+    return (lens_logits(model, cache[act_name("resid_pre", 0)]).argmax(-1) == tokens).float().mean().item()
+
+
+def prompt_lens(model, prompt: str = PROMPT, answers: tuple[str, str] = (" Paris", " Rome")) -> dict:
+    """The lens table of one prompt, and when each answer becomes its top token: the first stack index at which
+    the lens's top token is the first answer, at the position that predicts it (the answer is in the prompt),
+    and the second answer at the last position; the model's final probabilities for both; the lens's top token
+    at the last position by layer. The table itself is returned as ``ids``, ``top``, ``prob`` (tensors)."""
+    tok, n_layers = model.tokenizer, model.cfg.n_layers
+    ids = tok(prompt, add_special_tokens=False, return_tensors="pt").input_ids[0]
+    top, prob = lens_top_tokens(model, ids)
+    first, last = (tok(city, add_special_tokens=False).input_ids[0] for city in answers)
+    first_position = ids.tolist().index(first) - 1  # the position that predicts the first answer
+    return {"prompt": prompt,
+            "prompt_paris_first_layer": next((l for l in range(n_layers + 1) if top[l, first_position] == first), None),
+            "prompt_paris_final_prob": float(prob[-1, first_position]),
+            "prompt_rome_first_layer": next((l for l in range(n_layers + 1) if top[l, -1] == last), None),
+            "prompt_rome_final_prob": float(prob[-1, -1]),
+            "prompt_top_by_layer_at_last_position": [tok.decode([int(t)]) for t in top[:, -1]],
+            "ids": ids, "top": top, "prob": prob}
+
+
 def run_experiment(out_dir: Path) -> dict:
     """SmolLM2 over WikiText-2: accuracy, loss and KL to the output by layer; the lens table of a prompt."""
     from checks.models import smollm2_hooked
@@ -186,50 +252,20 @@ def run_experiment(out_dir: Path) -> dict:
                     f"{EXPERIMENT_CORPUS['seq_len']} tokens)", out_dir / "figures/lens_by_layer.png")
     gate_stats = lens_statistics(model, tl_setup.wikitext_tokens(tok, **GATE_CORPUS))
 
-    ids = tok(PROMPT, add_special_tokens=False, return_tensors="pt").input_ids[0]
-    top, prob = lens_top_tokens(model, ids)
+    lens = prompt_lens(model)
+    ids, top, prob = lens.pop("ids"), lens.pop("top"), lens.pop("prob")
     shown = list(range(0, n_layers + 1, 3)) + ([n_layers] if n_layers % 3 else [])
     plot_lens_table(tok, ids, top, prob, shown, out_dir / "figures/lens_table.png")
-    _, cache = model.run_with_cache(tokens[:4], names_filter=act_name("resid_pre", 0))
-    echo = (lens_logits(model, cache[act_name("resid_pre", 0)]).argmax(-1) == tokens[:4]).float().mean().item()
-    paris, rome = (tok(city, add_special_tokens=False).input_ids[0] for city in (" Paris", " Rome"))
-    paris_position = ids.tolist().index(paris) - 1  # the position that predicts " Paris"
-    first_layer_paris = next((l for l in range(n_layers + 1) if top[l, paris_position] == paris), None)
-    first_layer_rome = next((l for l in range(n_layers + 1) if top[l, -1] == rome), None)
 
-    accuracy, loss = stats["accuracy"], stats["loss"]
-    half = float(accuracy[-1]) / 2
-    uniform = math.log(model.cfg.d_vocab)  # the cross-entropy of a uniform guess
-    first_below = int(next(l for l in range(1, n_layers + 1) if loss[l] < uniform))
     results = {
         "corpus": EXPERIMENT_CORPUS,
         "n_predictions": EXPERIMENT_CORPUS["n_seq"] * (EXPERIMENT_CORPUS["seq_len"] - 1),
         "by_layer": {k: v.tolist() for k, v in stats.items()},
-        "final_accuracy": float(accuracy[-1]),
-        "embed_accuracy": float(accuracy[0]),
-        "middle_accuracy": float(accuracy[n_layers // 2]),
-        "penultimate_accuracy": float(accuracy[-2]),
-        "final_loss": float(stats["loss"][-1]),
-        "embed_loss": float(stats["loss"][0]),
-        "first_layer_with_half_final_accuracy": int(next(l for l in range(n_layers + 1) if accuracy[l] >= half)),
-        "max_loss_layer": int(stats["loss"].argmax()),
-        "max_loss": float(stats["loss"].max()),
-        "uniform_loss": uniform,
-        "peak_loss_after_embed": float(loss[1:].max()),
-        "peak_loss_after_embed_layer": int(loss[1:].argmax()) + 1,
-        "peak_loss_over_uniform": float(loss[1:].max()) / uniform,
-        "middle_loss": float(loss[n_layers // 2]),
-        "first_layer_below_uniform": first_below,
-        "blocks_left_when_below_uniform": n_layers - first_below,
-        "embed_lens_predicts_current_token": echo,
+        **headline(stats, n_layers, model.cfg.d_vocab),
+        "embed_lens_predicts_current_token": embed_echo(model, tokens[:4]),
         "gate_corpus": GATE_CORPUS,
         "gate_by_layer": {k: v.tolist() for k, v in gate_stats.items()},
-        "prompt": PROMPT,
-        "prompt_paris_first_layer": first_layer_paris,
-        "prompt_paris_final_prob": float(prob[-1, paris_position]),
-        "prompt_rome_first_layer": first_layer_rome,
-        "prompt_rome_final_prob": float(prob[-1, -1]),
-        "prompt_top_by_layer_at_last_position": [tok.decode([int(t)]) for t in top[:, -1]],
+        **lens,
     }
     (out_dir / "results.json").write_text(json.dumps(results, indent=1) + "\n")
     return results

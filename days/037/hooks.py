@@ -112,21 +112,36 @@ def ablate_head_hook(z: Float[Tensor, "batch pos head d_head"], hook, head: int,
     return z
 
 
+def restart_inputs(model, tokens: Int[Tensor, "batch pos"]) -> dict[str, Tensor]:
+    """What a forward pass restarted at a layer (``start_at_layer``) needs besides the residual stream, to
+    compute what the full pass computes: the positional embedding of a shortformer model (added to the
+    queries' and keys' inputs in every layer, never to the residual stream, so ``resid_pre`` lacks it) and
+    the attention mask of left-padded input. Both come from TransformerLens's own ``input_to_embed``."""
+    _, _, shortformer_pos_embed, attention_mask = model.input_to_embed(tokens)
+    extra = {"shortformer_pos_embed": shortformer_pos_embed, "attention_mask": attention_mask}
+    return {k: v for k, v in extra.items() if v is not None}
+
+
 @torch.no_grad()
-def ablated_loss(model, tokens: Int[Tensor, "batch pos"], layer: int, head: int,
-                 replacement: Tensor | None = None, resid_pre: Tensor | None = None) -> float:
-    """The next-token loss with one head ablated through ``blocks.{layer}.attn.hook_z``.
+def ablated_logits(model, tokens: Int[Tensor, "batch pos"], layer: int, head: int,
+                   replacement: Tensor | None = None, resid_pre: Tensor | None = None) -> Float[Tensor, "batch pos d_vocab"]:
+    """The logits with one head ablated through ``blocks.{layer}.attn.hook_z``.
 
     Blocks before ``layer`` do not see the ablation, so given their output (the clean run's
     ``blocks.{layer}.hook_resid_pre``) the forward pass can start at ``layer``: the same logits for
-    about half the work on average."""
+    about half the work on average (with ``restart_inputs``: a shortformer's positions)."""
     hook = partial(ablate_head_hook, head=head, replacement=replacement)
     fwd_hooks = [(act_name("z", layer), hook)]
     if resid_pre is None:
-        logits = model.run_with_hooks(tokens, fwd_hooks=fwd_hooks)
-    else:
-        logits = model.run_with_hooks(resid_pre, start_at_layer=layer, fwd_hooks=fwd_hooks)
-    return next_token_loss(logits, tokens).item()
+        return model.run_with_hooks(tokens, fwd_hooks=fwd_hooks)
+    return model.run_with_hooks(resid_pre, start_at_layer=layer, fwd_hooks=fwd_hooks, **restart_inputs(model, tokens))
+
+
+@torch.no_grad()
+def ablated_loss(model, tokens: Int[Tensor, "batch pos"], layer: int, head: int,
+                 replacement: Tensor | None = None, resid_pre: Tensor | None = None) -> float:
+    """The next-token loss with one head ablated (``ablated_logits``)."""
+    return next_token_loss(ablated_logits(model, tokens, layer, head, replacement, resid_pre), tokens).item()
 
 
 def _z_means(cache: dict[str, Tensor], n_layers: int) -> Float[Tensor, "layer head d_head"]:
@@ -181,13 +196,14 @@ def run_patched(model, corrupted: Int[Tensor, "batch pos"], clean_cache: dict[st
     """Logits of the corrupted input with activation ``name`` (in block L) patched in from the clean run.
 
     Blocks before L are unaffected, so given the corrupted run's ``blocks.L.hook_resid_pre``
-    (``corrupted_cache``) the forward pass starts at block L."""
+    (``corrupted_cache``) the forward pass starts at block L (with ``restart_inputs``: a shortformer's
+    positions)."""
     hook = partial(patch_hook, clean_cache=clean_cache, position=position, head=head)
     if corrupted_cache is None:
         return model.run_with_hooks(corrupted, fwd_hooks=[(name, hook)])
     _, layer, _ = tl_setup.parse_act_name(name)
     return model.run_with_hooks(corrupted_cache[act_name("resid_pre", layer)], start_at_layer=layer,
-                                fwd_hooks=[(name, hook)])
+                                fwd_hooks=[(name, hook)], **restart_inputs(model, corrupted))
 
 
 def normalised(metric: Callable[[Tensor], Tensor], clean_logits: Tensor, corrupted_logits: Tensor) -> Callable[[Tensor], float]:

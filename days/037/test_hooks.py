@@ -54,6 +54,76 @@ def test_hook_caching_equals_run_with_cache(gpt2, smol):
         assert set(some) == {"blocks.1.attn.hook_pattern", "blocks.0.hook_resid_post"}
 
 
+def test_a_single_hook_name_selects_that_hook_only(gpt2):
+    """ARENA §3 (caching with hooks, `names_filter`): a names filter may be one hook name as a string. Both
+    hook-based caches then record exactly the activations that TransformerLens's own filtering
+    (``run_with_cache(names_filter=name)``) records, with equal values, for a name in each part of the model."""
+    tokens = gpt2.to_tokens("One name, one hook")
+    for name in ("hook_embed", "blocks.0.attn.hook_pattern", "blocks.1.hook_resid_post", "ln_final.hook_scale"):
+        _, ref = gpt2.run_with_cache(tokens, names_filter=name)
+        assert set(ref.keys()) == {name}
+        for cache_fn in (H.cache_with_hooks, H.cache_with_torch_hooks):
+            _, cache = cache_fn(gpt2, tokens, name)
+            assert set(cache) == set(ref.keys()), (cache_fn.__name__, name, sorted(cache)[:3])
+            assert torch.equal(cache[name], ref[name])
+
+
+@pytest.fixture(scope="module")
+def shortformer():
+    """A small random attention-only model with shortformer positions (ARENA's 1.2 model attn-only-2l is one:
+    the positional embedding is added to the queries' and keys' inputs in every layer, never to the residual
+    stream), its positional weights scaled ×30 so that dropping them moves the loss far above rounding; with
+    3×16 random tokens."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(n_layers=2, d_model=32, n_heads=4, d_head=8, d_vocab=50, n_ctx=16, attn_only=True,
+                                  normalization_type=None, positional_embedding_type="shortformer", act_fn=None,
+                                  seed=0, device="cpu")
+    model = HookedTransformer(cfg).eval()
+    with torch.no_grad():
+        model.pos_embed.W_pos.mul_(30)
+    return model, torch.randint(0, 50, (3, 16), generator=torch.Generator().manual_seed(0))
+
+
+def test_restarting_at_a_layer_keeps_shortformer_positions(shortformer, measure):
+    """ARENA §3 (ablating a head: the loss with head h of layer l zero-ablated through hook_z) on a shortformer
+    model: ablated_loss restarted at the ablated layer from the cached resid_pre equals the loss of a full forward
+    pass with the same ablation hook, for every head (float32, 1e-6: the same operations on the same inputs); so
+    does run_patched restarted from the corrupted run's resid_pre against a full patched forward (logits, 1e-5).
+    A shortformer model's resid_pre holds no positions, so a restart must be handed them: without them (the old
+    code) every ablation loss is off by more than 1e-3 and a patch's logits by more than 1e-2."""
+    model, tokens = shortformer
+    _, cache = model.run_with_cache(tokens)
+    worst, dropped = 0.0, []
+    for layer in range(2):
+        resid_pre = cache[H.act_name("resid_pre", layer)]
+        for head in range(4):
+            fwd_hooks = [(H.act_name("z", layer), partial(H.ablate_head_hook, head=head))]
+            full = H.next_token_loss(model.run_with_hooks(tokens, fwd_hooks=fwd_hooks), tokens).item()
+            restarted = H.ablated_loss(model, tokens, layer, head, resid_pre=resid_pre)
+            worst = max(worst, abs(restarted - full))
+            # the bug: the same restart without the positions (what ablated_loss did before)
+            bare = model.run_with_hooks(resid_pre, start_at_layer=layer, fwd_hooks=fwd_hooks)
+            dropped.append(abs(H.next_token_loss(bare, tokens).item() - full))
+    measure("shortformer.restarted_ablation_loss.max_abs_err", worst, "≤ 1e-6")
+    measure("shortformer.restart_without_positions.min_loss_err", min(dropped), "> 1e-3")
+    measure("shortformer.restart_without_positions.max_loss_err", max(dropped))
+    assert worst <= 1e-6 and min(dropped) > 1e-3
+    clean = torch.randint(0, 50, tokens.shape, generator=torch.Generator().manual_seed(1))
+    _, clean_cache = model.run_with_cache(clean)
+    bare_gap = 0.0
+    for layer in range(2):
+        name = H.act_name("z", layer)
+        full = H.run_patched(model, tokens, clean_cache, name, head=1)
+        restarted = H.run_patched(model, tokens, clean_cache, name, head=1, corrupted_cache=cache)
+        assert_parity(restarted, full, atol=1e-5, name=f"run_patched restarted at layer {layer}")
+        hook = partial(H.patch_hook, clean_cache=clean_cache, head=1)
+        bare = model.run_with_hooks(cache[H.act_name("resid_pre", layer)], start_at_layer=layer, fwd_hooks=[(name, hook)])
+        bare_gap = max(bare_gap, (bare - full).abs().max().item())
+    measure("shortformer.patch_restart_without_positions.max_logit_err", bare_gap, "> 1e-2")
+    assert bare_gap > 1e-2
+
+
 def test_hooks_are_removed_after_the_run(gpt2):
     """run_with_hooks and cache_with_torch_hooks leave no hook behind: afterwards no HookPoint has a forward hook
     and a plain forward pass gives the unhooked logits, even after an ablating hook and after an exception."""
@@ -224,3 +294,90 @@ def test_smollm2_landmark_task_and_results(smol, committed, measure):
     assert resid[0, 1:4].max() > 0.5 and resid[-1, -1] > 0.5 and resid[handover, -1] > resid[handover, 1:4].max()
     for name in ("patching", "ablation"):
         assert (HERE / f"figures/{name}.png").stat().st_size > 10_000
+
+
+def _within(now: torch.Tensor, then, tol: torch.Tensor, name: str) -> float:
+    """Every element of ``now`` within its own tolerance of the committed ``then``; the worst |Δ|/tol."""
+    then = torch.as_tensor(then, dtype=now.dtype)
+    ratio = ((now - then).abs() / tol).max().item()
+    assert ratio <= 1, f"{name}: off by {ratio:.2f}× the tolerance at {divmod(int(((now - then).abs() / tol).argmax()), now.shape[-1])}"
+    return ratio
+
+
+def _assert_ranked(values: torch.Tensor, tol: torch.Tensor, cells: list[tuple[int, int]], name: str) -> None:
+    """The committed cells are the map's top len(cells), in order, up to rounding: the i-th committed cell's value
+    now is within both tolerances of the i-th largest value now (a near-tie may order them either way)."""
+    order = values.flatten().argsort(descending=True)
+    for i, (l, h) in enumerate(cells):
+        top = divmod(int(order[i]), values.shape[1])
+        assert values[top] - values[l, h] <= tol[top] + tol[l, h], f"{name}: L{l}H{h} is not number {i + 1}"
+
+
+@pytest.mark.slow
+def test_experiment_reproduces_what_the_post_cites(committed, measure):
+    """The whole experiment recomputed (every number the post cites from results.json): the residual patching map
+    (its subject-token maximum, the hand-over layer, the last position's scores), the head patching map (its top
+    three heads, in order, and L29H0), the clean loss, both ablation maps (their maxima, medians and the L1H3/L1H5
+    cells), each within SmolLM2's float32 rounding as derived in the gate (a logit off by SMOL_REL × that run's
+    largest |logit|: a normalised score by 4·err·(1 + |score|)/|m_clean − m_corrupted|, a loss by 2·err, a loss
+    increase by the sum of two), a maximum or median by its cells' largest tolerance, and every ranking the post
+    states as committed up to rounding (a cell the post names k-th is within the tolerances of the k-th value)."""
+    model = smollm2_hooked()
+    results = committed
+    clean, corrupted, correct, wrong = H.landmark_batch(model.tokenizer)
+    metric = partial(H.logit_difference, correct=correct, wrong=wrong)
+    clean_logits, clean_cache = H.cache_with_hooks(model, clean, lambda n: n.endswith(("hook_resid_pre", "hook_z")))
+    corrupted_logits, corrupted_cache = H.cache_with_hooks(model, corrupted, lambda n: n.endswith("hook_resid_pre"))
+    score = H.normalised(metric, clean_logits, corrupted_logits)
+    spread = abs(metric(clean_logits).item() - metric(corrupted_logits).item())
+    base = logit_error(clean_logits, corrupted_logits)
+    maps = {}
+    for what, cells in (("resid", [(l, p) for l in range(30) for p in range(9)]), ("heads", [(l, h) for l in range(30) for h in range(9)])):
+        values, tol = torch.zeros(30, 9), torch.zeros(30, 9)
+        for layer, i in cells:
+            if what == "resid":
+                patched = H.run_patched(model, corrupted, clean_cache, H.act_name("resid_pre", layer), position=i,
+                                        corrupted_cache=corrupted_cache)
+            else:
+                patched = H.run_patched(model, corrupted, clean_cache, H.act_name("z", layer), head=i,
+                                        corrupted_cache=corrupted_cache)
+            values[layer, i] = score(patched)
+            tol[layer, i] = 4 * max(base, logit_error(patched)) * (1 + abs(values[layer, i])) / spread
+        maps[what] = (values, tol)
+    resid, resid_tol = maps["resid"]
+    heads, heads_tol = maps["heads"]
+    worst = _within(resid, results["resid_patching"], resid_tol, "resid_patching")
+    worst = max(worst, _within(heads, results["head_patching"], heads_tol, "head_patching"))
+    subject = resid[:, 1:4]
+    assert abs(subject.max() - results["resid_patching_subject_positions_max"]) <= resid_tol[:, 1:4].max()
+    handover = next(l for l in range(30) if resid[l, -1] > subject[l].max())
+    assert handover == results["resid_handover_layer"]
+    assert all((subject[l].max() - resid[l, -1]).abs() > resid_tol[l].max() * 2 for l in range(handover + 1))
+    cited = [(t["layer"], t["index"]) for t in results["head_patching_top"][:3]]
+    _assert_ranked(heads, heads_tol, cited, "head_patching_top")
+    for i, (l, h) in enumerate(cited):
+        assert abs(heads[l, h] - results["head_patching_top"][i]["value"]) <= heads_tol[l, h]
+    measure("slow.head_patching_top", " ".join(f"L{l}H{h}" for l, h in cited))
+
+    tokens = H.tl_setup.wikitext_tokens(model.tokenizer, **H.ABLATION_CORPUS)
+    assert results["ablation_corpus"] == H.ABLATION_CORPUS
+    logits, cache = H.cache_with_hooks(model, tokens, lambda n: n.endswith(("hook_z", "hook_resid_pre")))
+    clean_loss, clean_err = H.next_token_loss(logits, tokens).item(), logit_error(logits)
+    assert abs(clean_loss - results["clean_loss"]) <= 2 * clean_err
+    means = torch.stack([cache[H.act_name("z", l)].mean((0, 1)) for l in range(30)])
+    for kind in ("mean", "zero"):
+        values, tol = torch.zeros(30, 9), torch.zeros(30, 9)
+        for layer in range(30):
+            for head in range(9):
+                ablated = H.ablated_logits(model, tokens, layer, head, None if kind == "zero" else means[layer, head],
+                                           resid_pre=cache[H.act_name("resid_pre", layer)])
+                values[layer, head] = H.next_token_loss(ablated, tokens).item() - clean_loss
+                tol[layer, head] = 2 * clean_err + 2 * logit_error(ablated)
+        worst = max(worst, _within(values, results[f"{kind}_ablation"], tol, f"{kind}_ablation"))
+        assert abs(values.median() - results[f"{kind}_ablation_median"]) <= tol.max()
+        recorded = results[f"{kind}_ablation_max"]
+        ml, mh = recorded["layer"], recorded["head"]
+        _assert_ranked(values, tol, [(ml, mh)], f"{kind}_ablation_max")
+        assert abs(values[ml, mh] - recorded["value"]) <= tol[ml, mh]
+        measure(f"slow.{kind}_ablation.max_tolerance", tol.max())
+    measure("slow.experiment_vs_committed", worst, "≤ 1 (fraction of the tolerance)")

@@ -207,13 +207,166 @@ def random_composition_baseline(d_model: int, d_head: int, n_samples: int = 200,
     return scores.mean().item(), scores.std().item()
 
 
+# ---------------------------------------------------------------- full circuits (FactoredMatrix)
+
+
+def full_OV_circuit(model, layer: int, head: int):
+    """ARENA's full OV circuit of a head, W_E W_V^h W_O^h W_U (d_vocab × d_vocab; row = the token the head
+    attends to, column = the logit it writes), as a TransformerLens ``FactoredMatrix`` of inner dimension
+    d_head: never materialised. Like ARENA's, it reads tokens straight from the embedding (no positions, no
+    earlier layer) and ignores the layer norms (ARENA's attn-only-2l has none; our full toy has LayerNorm)."""
+    from transformer_lens import FactoredMatrix
+
+    return model.W_E @ FactoredMatrix(model.W_V[layer, head], model.W_O[layer, head]) @ model.W_U
+
+
+@torch.no_grad()
+def top_1_acc(full_OV_circuit, batch_size: int = 1000) -> float:
+    """ARENA's top_1_acc: the fraction of rows whose argmax is on the diagonal (for a full OV circuit: tokens
+    whose own logit is the one the head raises most when it attends to them; 1 for a perfect copier).
+
+    Computed ``batch_size`` rows at a time from the factors (``FactoredMatrix[rows].AB``): d_vocab² never
+    exists at once (49,152² float32 would be 9.7 GB for SmolLM2)."""
+    n = full_OV_circuit.shape[-2]
+    hits = 0
+    for rows in torch.arange(n).split(batch_size):
+        hits += (full_OV_circuit[rows].AB.argmax(-1) == rows).sum().item()
+    return hits / n
+
+
 @torch.no_grad()
 def ov_copying_score(model, layer: int, head: int) -> float:
-    """The full OV circuit W_E W_OV W_U (token read -> logit written): the fraction of tokens whose own logit is
-    the row's largest, 1 for a perfect copier (ARENA's top-1 accuracy of the OV circuit)."""
-    W_OV, _ = circuits(model, layer)
-    full = model.W_E @ W_OV[head] @ model.W_U
-    return (full.argmax(-1) == torch.arange(full.shape[0])).float().mean().item()
+    """The top-1 accuracy of a head's full OV circuit (the fraction of tokens it copies)."""
+    return top_1_acc(full_OV_circuit(model, layer, head))
+
+
+def find_K_comp_full_circuit(model, prev_token_head_index: int, ind_head_index: int):
+    """ARENA's K-composition full circuit of (layer-0 head, layer-1 head), a d_vocab × d_vocab FactoredMatrix:
+
+        (W_E W_Q^{1.h'}) (W_E W_V^{0.h} W_O^{0.h} W_K^{1.h'})ᵀ = W_E W_QK^{1.h'} (W_E W_OV^{0.h})ᵀ,
+
+    rows = the query token (read straight from the embedding), columns = the token the layer-0 head moved
+    into the key position (for a previous-token head: the token *before* the key). An induction pair makes
+    it large on the diagonal: query A attends to the position after an earlier A."""
+    from transformer_lens import FactoredMatrix
+
+    W_E = model.W_E
+    Q = W_E @ model.W_Q[1, ind_head_index]
+    K = W_E @ model.W_V[0, prev_token_head_index] @ model.W_O[0, prev_token_head_index] @ model.W_K[1, ind_head_index]
+    return FactoredMatrix(Q, K.T)
+
+
+# ---------------------------------------------------------------- decomposing a layer-1 head's queries and keys
+
+
+def decompose_qk_input(cache, layer: int = 1) -> Float[Tensor, "component *batch pos d_model"]:
+    """ARENA's decompose_qk_input, made exact: the input to layer ``layer``'s queries and keys (this toy has no
+    split q/k input, so they share it) as a sum of parts stacked on axis 0:
+
+        [embed, pos_embed, head 0, …, head n−1 of the layer before, bias]
+
+    (ARENA's n_heads + 2 parts for layer 1, in ARENA's order, plus one for the constants: the earlier layers'
+    b_O). Head h's part is z_h W_O^h (TransformerLens's ``hook_result``). With a LayerNorm before the layer,
+    each part is centred and divided by the *cached* scale (``ln1.hook_scale``) and multiplied by its weight,
+    and the norm's bias joins the constants: linear in the parts with the scale frozen, so the sum is still
+    exact. A shortformer's positions enter after the norm, unnormalised. Only layer 1 of a two-layer
+    attention-only model has exactly these parts (a deeper layer would also read every earlier layer)."""
+    model = cache.model
+    cfg = model.cfg
+    if layer != 1 or not cfg.attn_only:
+        raise NotImplementedError("the parts are those of layer 1 of an attention-only model (ARENA's 2-layer toy)")
+    if cfg.positional_embedding_type not in ("standard", "shortformer"):
+        raise NotImplementedError(f"positions of type {cfg.positional_embedding_type!r} are not an additive part")
+    z = cache[act_name("z", 0)]
+    heads = torch.einsum("...phd,hdm->h...pm", z, model.W_O[0])
+    embed, pos = cache["hook_embed"], cache["hook_pos_embed"]
+    bias = model.b_O[0].expand_as(embed)
+    residual = torch.cat([embed[None], pos[None], heads, bias[None]])  # what resid_pre of layer 1 sums
+    shortformer = cfg.positional_embedding_type == "shortformer"
+    kind = cfg.normalization_type
+    if kind is None:
+        return residual
+    if kind not in ("LN", "LNPre"):
+        raise NotImplementedError(f"normalisation {kind!r}")
+    ln = model.blocks[layer].ln1
+    scale = cache[f"blocks.{layer}.ln1.hook_scale"]
+    normed = (residual - residual.mean(-1, keepdim=True)) / scale
+    if kind == "LN":
+        normed = normed * ln.w
+        normed[-1] = normed[-1] + ln.b
+    if shortformer:
+        normed[1] = pos  # a shortformer adds its positions to the norm's output, not to resid_pre
+    return normed
+
+
+def decompose_q(decomposed_qk_input: Float[Tensor, "component *batch pos d_model"], ind_head_index: int,
+                model) -> Float[Tensor, "component *batch pos d_head"]:
+    """ARENA's decompose_q: part i of the queries of layer-1 head ``ind_head_index`` is y_i W_Q (and the last
+    part, the constants, also carries b_Q), so the parts sum to ``hook_q`` exactly."""
+    parts = decomposed_qk_input @ model.W_Q[1, ind_head_index]
+    parts[-1] = parts[-1] + model.b_Q[1, ind_head_index]
+    return parts
+
+
+def decompose_k(decomposed_qk_input: Float[Tensor, "component *batch pos d_model"], ind_head_index: int,
+                model) -> Float[Tensor, "component *batch pos d_head"]:
+    """ARENA's decompose_k: part i of the keys is y_i W_K (the constants' part also carries b_K)."""
+    parts = decomposed_qk_input @ model.W_K[1, ind_head_index]
+    parts[-1] = parts[-1] + model.b_K[1, ind_head_index]
+    return parts
+
+
+def decompose_attn_scores(decomposed_q: Float[Tensor, "q_comp *batch q_pos d_head"],
+                          decomposed_k: Float[Tensor, "k_comp *batch k_pos d_head"],
+                          model) -> Float[Tensor, "q_comp k_comp *batch q_pos k_pos"]:
+    """ARENA's decompose_attn_scores: entry [i, j, …, p, p'] = q_i[p] · k_j[p'] / attn_scale, the part of the
+    attention score that query part i and key part j contribute; summed over (i, j) it is the score before
+    the causal mask (``hook_attn_scores`` below the diagonal)."""
+    return torch.einsum("i...qd,j...kd->ij...qk", decomposed_q, decomposed_k) / model.cfg.attn_scale
+
+
+def qk_part_labels(n_heads: int) -> list[str]:
+    """Names of decompose_qk_input's parts, in order."""
+    return ["embed", "pos_embed"] + [f"L0H{h}" for h in range(n_heads)] + ["bias"]
+
+
+# ---------------------------------------------------------------- ablation, ARENA's way
+
+
+def head_zero_ablation_hook(z: Float[Tensor, "batch pos head d_head"], hook, head_index_to_ablate: int) -> Tensor:
+    """ARENA's head_zero_ablation_hook (day 37's ablate_head_hook under ARENA's name and argument)."""
+    return hooks.ablate_head_hook(z, hook, head=head_index_to_ablate)
+
+
+def head_mean_ablation_hook(z: Float[Tensor, "batch pos head d_head"], hook, head_index_to_ablate: int) -> Tensor:
+    """ARENA's head_mean_ablation_hook: the head's output replaced by its mean over the batch (per position)."""
+    z = z.clone()
+    z[:, :, head_index_to_ablate] = z[:, :, head_index_to_ablate].mean(0)
+    return z
+
+
+def repeated_half_loss(logits: Float[Tensor, "batch pos d_vocab"], tokens: Int[Tensor, "batch pos"]) -> Tensor:
+    """ARENA's metric: the mean cross-entropy of the last seq_len − 1 predictions of [BOS, r_1..r_n, r_1..r_n],
+    seq_len = n (the repeated half's r_2..r_n, which induction predicts; r_1 is never predictable)."""
+    seq_len = (tokens.shape[1] - 1) // 2
+    logp = logits.log_softmax(-1)[:, :-1].gather(-1, tokens[:, 1:, None])[..., 0]
+    return -logp[:, -(seq_len - 1):].mean()
+
+
+@torch.no_grad()
+def get_ablation_scores(model, tokens: Int[Tensor, "batch seq"],
+                        ablation_function=head_zero_ablation_hook) -> Float[Tensor, "n_layers n_heads"]:
+    """ARENA's get_ablation_scores: for every head, the increase of the repeated half's loss (ARENA's metric,
+    ``repeated_half_loss``) when that head is ablated through hook_z (zero ablation by default). Day 37's
+    ``ablation_loss_increase`` is ours: the loss of every prediction, and mean ablation over batch and positions."""
+    clean = repeated_half_loss(model(tokens), tokens)
+    scores = torch.zeros(model.cfg.n_layers, model.cfg.n_heads)
+    for layer in range(model.cfg.n_layers):
+        for head in range(model.cfg.n_heads):
+            hook = partial(ablation_function, head_index_to_ablate=head)
+            logits = model.run_with_hooks(tokens, fwd_hooks=[(act_name("z", layer), hook)])
+            scores[layer, head] = repeated_half_loss(logits, tokens) - clean
+    return scores
 
 
 @torch.no_grad()
@@ -252,6 +405,49 @@ def analyse(model, cfg: InductionConfig, n_eval: int = 64) -> dict:
         "induction_heads": [list(x) for x in induction_heads],
         "second_half_loss_all_induction_heads_ablated": ablated_split_losses(model, tokens, cfg.half, induction_heads)[1],
         "ov_copying_induction_head": ov_copying_score(model, il, ih),
+        **circuit_analysis(model, cfg, tokens, heads),
+    }
+
+
+def _ranks(values: Float[Tensor, "layer head"]) -> list[list[int]]:
+    """[layer, head] of every head, the largest value first."""
+    return [list(divmod(int(i), values.shape[1])) for i in values.flatten().argsort(descending=True)]
+
+
+@torch.no_grad()
+def circuit_analysis(model, cfg: InductionConfig, tokens: Int[Tensor, "batch pos"], heads: dict) -> dict:
+    """ARENA's §3-4 measurements of the circuit: full OV top-1 accuracies, the K-composition full circuit's
+    top-1 accuracy for every (layer-0, layer-1) pair, the spread of the induction head's decomposed attention
+    scores on one sequence, and head ablations with ARENA's metric (zero ablation, repeated half) beside ours
+    (day 37: mean ablation, every prediction)."""
+    (pl, ph), (il, ih) = heads["previous"], heads["induction"]
+    n = cfg.n_heads
+    ov = [[top_1_acc(full_OV_circuit(model, l, h)) for h in range(n)] for l in range(2)]
+    k_full = [[top_1_acc(find_K_comp_full_circuit(model, p, h).T) for h in range(n)] for p in range(n)]
+    one = repeated_tokens(1, cfg.half, cfg.d_vocab, torch.Generator().manual_seed(20_000 + cfg.seed))
+    _, cache = model.run_with_cache(one)
+    parts = decompose_qk_input(cache)[:, 0]
+    stds = decompose_attn_scores(decompose_q(parts, ih, model), decompose_k(parts, ih, model), model).flatten(2).std(-1)
+    labels = qk_part_labels(n)
+    top_q, top_k = divmod(int(stds.argmax()), stds.shape[1])
+    arena = get_ablation_scores(model, tokens)
+    ours = hooks.ablation_loss_increase(model, tokens, "mean")
+    ranks = {"arena": _ranks(arena), "ours": _ranks(ours)}
+    return {
+        "top_1_acc_ov": ov,
+        "top_1_acc_ov_induction_head": ov[il][ih],
+        "top_1_acc_ov_best_layer0": max(ov[0]),
+        "k_comp_top_1_acc": k_full,
+        "k_comp_top_1_acc_pair": k_full[ph][ih],
+        "qk_part_labels": labels,
+        "decomposed_score_stds": stds.tolist(),
+        "decomposed_score_top": [labels[top_q], labels[top_k]],
+        "decomposed_score_top_std": stds.max().item(),
+        "arena_ablation_scores": arena.tolist(),
+        "our_ablation_scores": ours.tolist(),
+        "ablation_ranking": ranks,
+        "ablation_rank_of_induction_head": {k: r.index([il, ih]) + 1 for k, r in ranks.items()},
+        "ablation_rank_of_previous_head": {k: r.index([pl, ph]) + 1 for k, r in ranks.items()},
     }
 
 

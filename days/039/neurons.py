@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import re
 from pathlib import Path
 
 import einops
@@ -79,12 +80,14 @@ def top_activations(acts: Float[Tensor, "batch pos"], k: int) -> list[tuple[floa
 
 def context_string(tokenizer, tokens: Int[Tensor, "batch pos"], seq: int, pos: int, before: int = 12) -> str:
     """The text leading up to (and including, in ⟦ ⟧) the token at (seq, pos), for display: up to ``before`` tokens
-    of lead, cut to start at a word (a partial first word dropped, "…" marking the cut), newlines shown as ⏎ and
+    of lead, cut to start at a word boundary (a partial first word dropped up to the whitespace that ends it, "…"
+    marking the cut, so that "…" is always followed by the whitespace before a whole word), newlines shown as ⏎ and
     WikiText's <unk> marker as ⟨unk⟩ (so that it survives Markdown)."""
     start = max(0, pos - before)
     lead = tokenizer.decode(tokens[seq, start:pos])
-    if start > 0 and lead and not lead[0].isspace():  # the window begins inside a word
-        lead = lead.split(" ", 1)[1] if " " in lead else ""
+    if start > 0 and lead and not lead[0].isspace():  # the window begins inside a word: drop up to its end
+        gap = re.search(r"\s", lead)
+        lead = lead[gap.start():] if gap else ""
     lead = ("…" if start > 0 else "") + lead
     text = lead + "⟦" + tokenizer.decode(tokens[seq, pos:pos + 1]) + "⟧"
     return text.replace("\n", "⏎").replace("<unk>", "⟨unk⟩")
@@ -167,6 +170,62 @@ CORPUS = dict(n_seq=96, seq_len=128)
 N_NEURONS = 4
 
 
+def top_neurons(parts: dict[str, Tensor], k: int) -> list[tuple[int, int]]:
+    """The k neurons with the largest batch-mean direct attribution, largest first, as (layer, neuron)."""
+    neurons = parts["neurons"].mean(0)                                # [layer, d_mlp]
+    order = neurons.flatten().argsort(descending=True)
+    return [(int(i) // neurons.shape[1], int(i) % neurons.shape[1]) for i in order[:k]]
+
+
+def dla_summary(parts: dict[str, Tensor], diff: Float[Tensor, "batch"]) -> dict:
+    """The numbers the post reads off a direct logit attribution (``parts`` from dla_decomposition, ``diff`` the
+    model's logit differences): totals by component kind, the strongest layers, head and neurons (batch means)."""
+    attn, mlp = dla_by_layer(parts)
+    neurons = parts["neurons"].mean(0)                                # [layer, d_mlp]
+    order = neurons.flatten().argsort(descending=True)
+    top = top_neurons(parts, 1)[0]
+    total_neurons = parts["neurons"].sum((1, 2)).mean().item()
+    heads = parts["heads"].mean(0)                                    # [layer, head]
+    hl, hh = divmod(int(heads.argmax()), heads.shape[1])
+    return {
+        "logit_diff": diff.tolist(),
+        "mean_logit_diff": diff.mean().item(),
+        "dla_total_error": (dla_total(parts) - diff).abs().max().item(),
+        "attn_by_layer": attn.tolist(), "mlp_by_layer": mlp.tolist(),
+        "total_attn": attn.sum().item(), "total_mlp": mlp.sum().item(),
+        "total_neurons": total_neurons,
+        "embed": parts["embed"].mean().item(),
+        "top_neuron_share_of_neurons": float(neurons[top] / total_neurons),
+        "top10_neuron_sum": float(neurons.flatten().sort(descending=True).values[:10].sum()),
+        "n_neurons_over_tenth": int((neurons > 0.1).sum()), "n_neurons_under_minus_tenth": int((neurons < -0.1).sum()),
+        "top10_neurons": [{"layer": int(i) // neurons.shape[1], "neuron": int(i) % neurons.shape[1],
+                           "dla": float(neurons.flatten()[i])} for i in order[:10]],
+        "bottom_neuron": {"layer": int(order[-1]) // neurons.shape[1], "neuron": int(order[-1]) % neurons.shape[1],
+                          "dla": float(neurons.flatten()[order[-1]])},
+        "largest_mlp_layer": int(mlp.argmax()), "largest_attn_layer": int(attn.argmax()),
+        "top_head": {"layer": hl, "head": hh, "dla": float(heads[hl, hh]), "dla_by_prompt": parts["heads"][:, hl, hh].tolist()},
+    }
+
+
+def neuron_on_prompts(parts: dict[str, Tensor], cache, layer: int, neuron: int, pos: int = -1) -> dict:
+    """One neuron on the prompts: its mean and per-prompt attribution and its activation at ``pos``."""
+    return {"layer": layer, "neuron": neuron, "label": f"L{layer}N{neuron}",
+            "dla": float(parts["neurons"][:, layer, neuron].mean()),
+            "dla_by_prompt": parts["neurons"][:, layer, neuron].tolist(),
+            "activation_on_prompts": cache[act_name("post", layer)][:, pos, neuron].tolist()}
+
+
+def neuron_on_corpus(model, tokens: Int[Tensor, "batch pos"], acts: Float[Tensor, "batch pos d_mlp"], layer: int,
+                     neuron: int, k: int = 5) -> dict:
+    """One neuron over a corpus (``acts`` = its layer's neuron_activations): its largest and mean activation, the
+    fraction of tokens above half the largest, and its k top-activating contexts."""
+    a = acts[..., neuron]
+    contexts = top_activating_contexts(model, tokens, layer, neuron, k=k, acts=acts)
+    return {"corpus_max": float(a.max()), "corpus_mean": float(a.mean()),
+            "corpus_fraction_above_half_max": float((a > a.max() / 2).float().mean()),
+            "contexts": contexts, "top_context": contexts[0]["context"]}
+
+
 @single_thread()  # many small forward passes: a second thread only spins on a shared machine
 def run_experiment(out_dir: Path) -> dict:
     """SmolLM2 on day 37's landmark task: which layers and neurons write "Paris, not Rome" directly, and what
@@ -189,8 +248,7 @@ def run_experiment(out_dir: Path) -> dict:
     diff = (logits[:, -1].gather(-1, correct[:, None]) - logits[:, -1].gather(-1, wrong[:, None]))[:, 0]
     attn, mlp = dla_by_layer(parts)
     neurons = parts["neurons"].mean(0)                                # [layer, d_mlp]
-    order = neurons.flatten().argsort(descending=True)
-    top = [(int(i) // neurons.shape[1], int(i) % neurons.shape[1]) for i in order[:N_NEURONS]]
+    top = top_neurons(parts, N_NEURONS)
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.2), constrained_layout=True)
     x = torch.arange(model.cfg.n_layers)
@@ -215,16 +273,8 @@ def run_experiment(out_dir: Path) -> dict:
 
     tokens = tl_setup.wikitext_tokens(tok, **CORPUS)
     acts = neuron_activations(model, tokens, sorted({l for l, _ in top}))
-    neuron_report = []
-    for l, n in top:
-        contexts = top_activating_contexts(model, tokens, l, n, k=5, acts=acts[l])
-        landmark_acts = cache[act_name("post", l)][:, -1, n]
-        neuron_report.append({"layer": l, "neuron": n, "label": f"L{l}N{n}", "dla": float(neurons[l, n]),
-                              "dla_by_prompt": parts["neurons"][:, l, n].tolist(),
-                              "activation_on_prompts": landmark_acts.tolist(),
-                              "corpus_max": float(acts[l][..., n].max()), "corpus_mean": float(acts[l][..., n].mean()),
-                              "corpus_fraction_above_half_max": float((acts[l][..., n] > acts[l][..., n].max() / 2).float().mean()),
-                              "contexts": contexts, "top_context": contexts[0]["context"]})
+    neuron_report = [neuron_on_prompts(parts, cache, l, n) | neuron_on_corpus(model, tokens, acts[l], l, n)
+                     for l, n in top]
 
     fig, axes = plt.subplots(1, len(top), figsize=(3.2 * len(top), 3.2), constrained_layout=True)
     for ax, (l, n) in zip(axes, top):
@@ -239,28 +289,10 @@ def run_experiment(out_dir: Path) -> dict:
     fig.savefig(out_dir / "figures/neuron_histograms.png", dpi=120)
     plt.close(fig)
 
-    total_neurons = parts["neurons"].sum((1, 2)).mean().item()
-    heads = parts["heads"].mean(0)                                    # [layer, head]
-    hl, hh = divmod(int(heads.argmax()), heads.shape[1])
     results = {
         "prompts": [hooks.LANDMARKS[c][0] for c, _ in hooks.PAIRS],
         "answers": [[tok.decode([int(a)]), tok.decode([int(b)])] for a, b in zip(correct, wrong)],
-        "logit_diff": diff.tolist(),
-        "mean_logit_diff": diff.mean().item(),
-        "dla_total_error": (dla_total(parts) - diff).abs().max().item(),
-        "attn_by_layer": attn.tolist(), "mlp_by_layer": mlp.tolist(),
-        "total_attn": attn.sum().item(), "total_mlp": mlp.sum().item(),
-        "total_neurons": total_neurons,
-        "embed": parts["embed"].mean().item(),
-        "top_neuron_share_of_neurons": float(neurons[top[0]] / total_neurons),
-        "top10_neuron_sum": float(neurons.flatten().sort(descending=True).values[:10].sum()),
-        "n_neurons_over_tenth": int((neurons > 0.1).sum()), "n_neurons_under_minus_tenth": int((neurons < -0.1).sum()),
-        "top10_neurons": [{"layer": int(i) // neurons.shape[1], "neuron": int(i) % neurons.shape[1],
-                           "dla": float(neurons.flatten()[i])} for i in order[:10]],
-        "bottom_neuron": {"layer": int(order[-1]) // neurons.shape[1], "neuron": int(order[-1]) % neurons.shape[1],
-                          "dla": float(neurons.flatten()[order[-1]])},
-        "largest_mlp_layer": int(mlp.argmax()), "largest_attn_layer": int(attn.argmax()),
-        "top_head": {"layer": hl, "head": hh, "dla": float(heads[hl, hh]), "dla_by_prompt": parts["heads"][:, hl, hh].tolist()},
+        **dla_summary(parts, diff),
         "neurons": neuron_report,
         "corpus": CORPUS,
         "cpu_seconds": time.process_time() - cpu0,
