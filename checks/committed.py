@@ -32,13 +32,16 @@ it fails on somebody else's CPU.
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["CommittedMismatch", "SMOLLM2_LOGIT_REL", "Tolerance", "assert_reproduces", "exact", "float_ops",
-           "iterated", "log_space", "statistical", "unit_roundoff"]
+__all__ = ["CommittedMismatch", "SMOLLM2_LOGIT_REL", "Tolerance", "assert_reproduces", "cited_results", "exact",
+           "float_ops", "iterated", "log_space", "reproduction_failures", "statistical", "unit_roundoff", "value_at"]
 
 # Safety factor over the first-order bound n·u: the bound holds for one ordering, and the two
 # machines round in different orders (both sides carry an error up to n·u).
@@ -189,3 +192,39 @@ def assert_reproduces(now, committed, tol: Tolerance, *, name: str = "value") ->
 # ATEN_CPU_CAPABILITY kernels on this project's prompts: ≤ 5.4e-5 per logit at |logit| ≤ 42, so the
 # bound is conservative by ~100×; a wrong implementation moves logits by far more.
 SMOLLM2_LOGIT_REL = float_ops(460, "float32").rel
+
+
+# ---------------------------------------------------------------- the numbers a post cites
+
+_RESULT_SHORTCODE = re.compile(r"\{\{<\s*result\s+([^\s>]+)")
+
+
+def cited_results(post: Path) -> set[str]:
+    """The results.json keys a post cites, ``{{< result key.path fmt=... >}}``: what a slow rerun must
+    reproduce (a test asserts that its table of tolerances names exactly these)."""
+    return set(_RESULT_SHORTCODE.findall(Path(post).read_text(encoding="utf-8")))
+
+
+def value_at(data, dotted: str):
+    """The value at a dotted key as posts cite it: ``test.kl``, ``confusion.0.8`` (a number indexes a list)."""
+    for part in dotted.split("."):
+        data = data[int(part)] if isinstance(data, list) else data[part]
+    return data
+
+
+def reproduction_failures(now: dict, committed: dict, tolerances: Mapping[str, Tolerance | str],
+                          extra: Iterable[tuple[str, Any, Any, Tolerance]] = ()) -> list[str]:
+    """One message per cited number that a rerun (``now``) fails to reproduce: each dotted key of
+    ``tolerances`` under its Tolerance, then the caller's ``extra`` claims (name, now, committed,
+    tolerance). A key whose tolerance is a string (a ranking, a pair) is a claim the caller states in
+    ``extra`` instead: an argmax is not a number to compare. Collecting all failures, not the first,
+    shows at once whether one number drifted or the run went elsewhere."""
+    checks = [(key, value_at(now, key), value_at(committed, key), tol)
+              for key, tol in tolerances.items() if isinstance(tol, Tolerance)]
+    failures = []
+    for name, value, then, tol in [*checks, *extra]:
+        try:
+            assert_reproduces(value, then, tol, name=name)
+        except CommittedMismatch as exc:
+            failures.append(str(exc))
+    return failures

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from checks.committed import (CommittedMismatch, Tolerance, assert_reproduces, exact, float_ops, iterated,
-                              log_space, statistical, unit_roundoff)
+from checks.committed import (CommittedMismatch, Tolerance, assert_reproduces, cited_results, exact, float_ops, iterated,
+                              log_space, reproduction_failures, statistical, unit_roundoff, value_at)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -97,6 +97,31 @@ def _reads_results_json_directly(path: Path) -> list[int]:
             if isinstance(node, ast.Constant) and isinstance(node.value, str)
             and re.search(r"(^|/)results\.json$", node.value) and id(node) not in docstrings
             and "tmp_path" not in lines[node.lineno - 1]]  # a scratch file in a test's own folder is not committed
+
+
+def test_cited_results_are_the_result_shortcodes_of_a_post(tmp_path):
+    """cited_results finds every {{< result key >}} with or without options, and nothing else (a
+    gate measurement, a code include, prose that mentions results)."""
+    post = tmp_path / "post.qmd"
+    post.write_text("A {{< result test.kl fmt=.3f >}} and {{<result confusion.0.8>}}, "
+                    "{{< measured parity.max >}}, {{< code m.py f >}}, the results: 0.5.\n"
+                    "Again {{< result test.kl >}}.\n", encoding="utf-8")
+    assert cited_results(post) == {"test.kl", "confusion.0.8"}
+
+
+def test_reproduction_failures_collects_every_number_off_and_skips_claims():
+    """value_at indexes lists by number; reproduction_failures reports each number off its tolerance
+    (not only the first), leaves string-tolerance keys to the caller's extra claims, and checks those."""
+    committed = {"test": {"kl": 1.0, "loss": 2.0}, "confusion": [[5, 1], [2, 7]], "best": "cat"}
+    assert value_at(committed, "confusion.1.0") == 2
+    tol = {"test.kl": statistical(0.1, why="t"), "test.loss": statistical(0.1, why="t"),
+           "confusion.1.0": exact("a count"), "best": "ranking"}
+    now = {"test": {"kl": 1.05, "loss": 2.5}, "confusion": [[5, 1], [3, 7]], "best": "dog"}
+    failures = reproduction_failures(now, committed, tol)
+    assert len(failures) == 2 and "test.loss" in failures[0] and "confusion.1.0" in failures[1]
+    extra = [("the best class's accuracy", 0.80, 0.90, statistical(0.05, why="t"))]
+    assert len(reproduction_failures(now, committed, tol, extra=extra)) == 3
+    assert reproduction_failures(committed, committed, tol) == []
 
 
 def test_tests_read_committed_numbers_only_through_the_fixture():

@@ -10,7 +10,6 @@ The training bar is a stated floor for a short run, far above chance (10%), meas
 
 import gzip
 import hashlib
-import re
 import struct
 from dataclasses import asdict
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch.nn.functional as F
 from sklearn.metrics import accuracy_score, confusion_matrix
 
 from checks import assert_parity
-from checks.committed import CommittedMismatch, assert_reproduces, exact, log_space, statistical
+from checks.committed import cited_results, exact, log_space, reproduction_failures, statistical, value_at
 
 from . import mnist as M
 
@@ -259,12 +258,6 @@ CITED = {
 }
 
 
-def _at(data, dotted: str):
-    """results.json's value at a dotted key of the post's kind (most_confused.count, confusion.0.8)."""
-    for part in dotted.split("."):
-        data = data[int(part)] if isinstance(data, list) else data[part]
-    return data
-
 
 def test_every_number_the_post_cites_has_a_reproduction(committed):
     """Every number the post cites from results.json ({{< result key >}}) is in CITED, so the slow
@@ -272,10 +265,10 @@ def test_every_number_the_post_cites_has_a_reproduction(committed):
     and exists in results.json; CITED has no stale entries. The exact ones are checked here too:
     the parameter count is the model's, the split sizes and the step count follow from the data
     and the configuration, and test_errors is 10 000 × (1 − test_accuracy)."""
-    cited = set(re.findall(r"\{\{< result ([^\s>]+)", (HERE / "post.qmd").read_text()))
+    cited = cited_results(HERE / "post.qmd")
     assert cited == set(CITED)
     for key in cited:
-        _at(committed, key)
+        value_at(committed, key)
     assert committed["n_parameters"] == sum(p.numel() for p in M.ConvNet(**M.EXPERIMENT_MODEL).parameters())
     assert (committed["n_train"], committed["n_val"]) == (60_000 - M.N_VAL, M.N_VAL)
     assert committed["steps"] == M.EXPERIMENT.epochs * -(-committed["n_train"] // M.EXPERIMENT.batch_size)
@@ -286,19 +279,12 @@ def test_every_number_the_post_cites_has_a_reproduction(committed):
 def _reproduction_failures(results: dict, committed: dict) -> list[str]:
     """What a rerun's results fail to reproduce of the committed ones (CITED's tolerances; the most
     confused pair as a claim about counts, see the slow test), one message per number."""
-    failures = []
     pair = committed["most_confused"]
     count = results["confusion"][pair["true"]][pair["predicted"]]
-    checks = [(key, _at(results, key), _at(committed, key), tol) for key, tol in CITED.items() if tol != "pair"]
-    checks += [("the committed pair's count now, against its committed count", count, pair["count"], CONFUSIONS),
-               ("the committed pair's count now, against the largest count now", count,
-                results["most_confused"]["count"], CONFUSIONS)]
-    for name, now, then, tol in checks:
-        try:
-            assert_reproduces(now, then, tol, name=name)
-        except CommittedMismatch as exc:
-            failures.append(str(exc))
-    return failures
+    return reproduction_failures(results, committed, CITED, extra=[
+        ("the committed pair's count now, against its committed count", count, pair["count"], CONFUSIONS),
+        ("the committed pair's count now, against the largest count now", count,
+         results["most_confused"]["count"], CONFUSIONS)])
 
 
 @pytest.mark.slow
@@ -311,7 +297,7 @@ def test_experiment_reproduces_the_posts_numbers(tmp_path, committed, measure):
     rerun's own largest off-diagonal count (another pair may edge ahead by a few images)."""
     results = M.run_experiment(tmp_path)
     for key in CITED:
-        if not isinstance(_at(results, key), str):
-            measure(f"slow.{key}", _at(results, key))
+        if not isinstance(value_at(results, key), str):
+            measure(f"slow.{key}", value_at(results, key))
     failures = _reproduction_failures(results, committed)
     assert not failures, "\n".join(failures)

@@ -10,7 +10,6 @@ python-batch format on hand-built files. Tolerances: float64, 1e-10 for the 36-l
 """
 
 import pickle
-import re
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from checks import assert_parity
-from checks.committed import CommittedMismatch, assert_reproduces, exact, log_space, statistical
+from checks.committed import cited_results, exact, log_space, reproduction_failures, statistical, value_at
 
 from . import resnet as R
 
@@ -526,12 +525,6 @@ CITED = {
 }
 
 
-def _at(data, dotted: str):
-    """results.json's value at a dotted key of the post's kind (confusion.0.8, per_class_accuracy.ship)."""
-    for part in dotted.split("."):
-        data = data[int(part)] if isinstance(data, list) else data[part]
-    return data
-
 
 def test_every_number_the_post_cites_has_a_reproduction(committed):
     """Every number the post cites from results.json ({{< result key >}}) is in CITED, so the slow
@@ -539,10 +532,10 @@ def test_every_number_the_post_cites_has_a_reproduction(committed):
     and exists in results.json; CITED has no stale entries. The counts are checked here too: the
     split holds N_VAL of the shared subset's 5 000 training images out; the rankings agree with
     the committed per-class accuracies and confusion matrix."""
-    cited = set(re.findall(r"\{\{< result ([^\s>]+)", (HERE / "post.qmd").read_text()))
+    cited = cited_results(HERE / "post.qmd")
     assert cited == set(CITED)
     for key in cited:
-        _at(committed, key)
+        value_at(committed, key)
     assert (committed["n_train"], committed["n_val"]) == (5_000 - R.N_VAL, R.N_VAL)
     per_class = committed["per_class_accuracy"]
     assert committed["best_class"] == max(per_class, key=per_class.get)
@@ -573,16 +566,9 @@ def _ranking_claims(now: dict, then: dict) -> list[tuple[str, float, float, obje
 def _reproduction_failures(results: dict, committed: dict) -> list[str]:
     """What a rerun's results fail to reproduce of the committed ones (CITED's tolerances, and the
     rankings of _ranking_claims), one message per number."""
-    failures = []
-    checks = [(key, _at(results, key), _at(committed, key), tol) for key, tol in CITED.items() if tol != "ranking"]
-    checks += [(f"{name}: the committed one's value now, against the extreme now", value, reference, tol)
-               for name, value, reference, tol in _ranking_claims(results, committed)]
-    for name, now, then, tol in checks:
-        try:
-            assert_reproduces(now, then, tol, name=name)
-        except CommittedMismatch as exc:
-            failures.append(str(exc))
-    return failures
+    return reproduction_failures(results, committed, CITED, extra=[
+        (f"{name}: the committed one's value now, against the extreme now", value, reference, tol)
+        for name, value, reference, tol in _ranking_claims(results, committed)])
 
 
 @pytest.mark.slow
@@ -594,8 +580,8 @@ def test_experiment_reproduces_the_posts_numbers(tmp_path, committed, measure):
     the 1 000 test images correct (four times chance), every class at chance level or better."""
     results = R.run_experiment(tmp_path)
     for key in CITED:
-        if not isinstance(_at(results, key), str):
-            measure(f"slow.{key}", _at(results, key))
+        if not isinstance(value_at(results, key), str):
+            measure(f"slow.{key}", value_at(results, key))
     failures = _reproduction_failures(results, committed)
     assert not failures, "\n".join(failures)
     assert results["test_accuracy"] >= 0.40

@@ -8,7 +8,6 @@ checks use 5 standard errors (a false alarm below 1e-6 per check).
 """
 
 import math
-import re
 from dataclasses import asdict
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import torch.nn.functional as F
 from torch.distributions import Bernoulli, Normal, kl_divergence
 
 from checks import assert_parity
-from checks.committed import CommittedMismatch, assert_reproduces, exact, float_ops, log_space, statistical
+from checks.committed import assert_reproduces, cited_results, exact, float_ops, log_space, reproduction_failures, statistical, value_at
 
 from . import vae as V
 
@@ -380,12 +379,6 @@ CITED = {
 }
 
 
-def _at(data, dotted: str):
-    """results.json's value at a dotted key of the post's kind (test.kl, latent_std_of_means.0)."""
-    for part in dotted.split("."):
-        data = data[int(part)] if isinstance(data, list) else data[part]
-    return data
-
 
 def test_every_number_the_post_cites_has_a_reproduction(committed):
     """Every number the post cites from results.json ({{< result key >}}) is in CITED, so the slow
@@ -393,10 +386,10 @@ def test_every_number_the_post_cites_has_a_reproduction(committed):
     and exists in results.json; CITED has no stale entries. The counts are checked here too: the
     parameter count is the model's, the training split is 60 000 − N_VAL images, and one epoch of
     batches of 128 over it is ⌈58 000 / 128⌉ steps."""
-    cited = set(re.findall(r"\{\{< result ([^\s>]+)", (HERE / "post.qmd").read_text()))
+    cited = cited_results(HERE / "post.qmd")
     assert cited == set(CITED)
     for key in cited:
-        _at(committed, key)
+        value_at(committed, key)
     assert committed["n_train"] == 60_000 - V.N_VAL
     assert committed["steps"] == V.EXPERIMENT.epochs * -(-committed["n_train"] // V.EXPERIMENT.batch_size)
     assert committed["config"] == {**asdict(V.EXPERIMENT)}
@@ -405,13 +398,7 @@ def test_every_number_the_post_cites_has_a_reproduction(committed):
 def _reproduction_failures(results: dict, committed: dict) -> list[str]:
     """What a rerun's results fail to reproduce of the committed ones under CITED's tolerances,
     one message per number."""
-    failures = []
-    for key, tol in CITED.items():
-        try:
-            assert_reproduces(_at(results, key), _at(committed, key), tol, name=key)
-        except CommittedMismatch as exc:
-            failures.append(str(exc))
-    return failures
+    return reproduction_failures(results, committed, CITED)
 
 
 @pytest.mark.slow
@@ -423,7 +410,7 @@ def test_experiment_reproduces_the_posts_numbers(tmp_path, committed, measure):
     beats the best no-latent model by at least 30 nats per image."""
     results = V.run_experiment(tmp_path)
     for key in CITED:
-        measure(f"slow.{key}", _at(results, key))
+        measure(f"slow.{key}", value_at(results, key))
     failures = _reproduction_failures(results, committed)
     assert not failures, "\n".join(failures)
     assert results["gain_over_baseline"] >= 30

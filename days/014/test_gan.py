@@ -9,7 +9,6 @@ losses' closed forms. Float64 and 1e-12 where arithmetic is compared.
 
 import math
 import random
-import re
 from pathlib import Path
 
 import pytest
@@ -18,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from checks import assert_parity
-from checks.committed import CommittedMismatch, assert_reproduces, exact, float_ops, log_space, statistical
+from checks.committed import assert_reproduces, cited_results, exact, float_ops, log_space, reproduction_failures, statistical, value_at
 
 from . import gan as G
 
@@ -357,33 +356,21 @@ CITED = {
 }
 
 
-def _at(data, dotted: str):
-    """results.json's value at a dotted key of the post's kind (transpose_benchmark.1.ratio)."""
-    for part in dotted.split("."):
-        data = data[int(part)] if isinstance(data, list) else data[part]
-    return data
-
 
 def test_every_number_the_post_cites_has_a_reproduction(committed):
     """Every number the post cites from results.json ({{< result key >}}) is in CITED, so the slow
     test recomputes it and compares it under a stated tolerance (or, for a setting, for equality),
     and exists in results.json; CITED has no stale entries."""
-    cited = set(re.findall(r"\{\{< result ([^\s>]+)", (HERE / "post.qmd").read_text()))
+    cited = cited_results(HERE / "post.qmd")
     assert cited == set(CITED)
     for key in cited:
-        _at(committed, key)
+        value_at(committed, key)
 
 
 def _reproduction_failures(results: dict, committed: dict) -> list[str]:
     """What a rerun's results fail to reproduce of the committed ones under CITED's tolerances,
     one message per number."""
-    failures = []
-    for key, tol in CITED.items():
-        try:
-            assert_reproduces(_at(results, key), _at(committed, key), tol, name=key)
-        except CommittedMismatch as exc:
-            failures.append(str(exc))
-    return failures
+    return reproduction_failures(results, committed, CITED)
 
 
 @pytest.mark.slow
@@ -397,7 +384,7 @@ def test_experiment_reproduces_the_posts_numbers(tmp_path, committed, measure):
     strided form is slower than the scatter form on both layers (the sign of the timing ratio)."""
     results = G.run_experiment(tmp_path)
     for key in CITED:
-        measure(f"slow.{key}", _at(results, key))
+        measure(f"slow.{key}", value_at(results, key))
     failures = _reproduction_failures(results, committed)
     assert not failures, "\n".join(failures)
     last = results["final_quarter_epoch"]
