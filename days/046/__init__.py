@@ -1,0 +1,1 @@
+"""Day 46: SAE Theory (1.3.3 SAEs)."""

@@ -1,0 +1,1 @@
+"""Day 48: Feature Interpretation (1.3.3 SAEs)."""
