@@ -1,0 +1,1 @@
+"""Day 50: Activation Oracles Intro (1.3.4 Activation Oracles)."""
