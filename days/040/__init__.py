@@ -1,0 +1,1 @@
+"""Day 40: Probing Theory (1.3.1 Linear Probes)."""
