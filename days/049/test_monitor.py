@@ -100,19 +100,23 @@ def test_response_positions_count_within_each_dialogue():
     assert M.response_positions(owner).tolist() == [0, 1, 2, 0, 0, 1, 0, 1, 2, 3]
 
 
-def test_on_policy_set_is_day_41s_committed_answers():
-    """The on-policy dialogues are day 41's questions with SmolLM2's own answers as the assistant turn; a dialogue
-    is a lie where day 41 found the answer not naming the country, and the instruction labels alternate
-    truthful/lie per city as day 41 asked them."""
+def test_on_policy_set_reads_day_41s_answers(tmp_path):
+    """The on-policy dialogues are day 41's questions with SmolLM2's own answers as the assistant turn, a lie where
+    day 41 found the answer not naming the country, labelled by the instruction day 41 gave (checked on a written
+    file of day 41's layout); day 41's committed run has both instructions for every city."""
     import json
 
-    run = json.loads((HERE.parent / "041" / "results.json").read_text())["on_policy"]
-    data = M.on_policy_set()
-    assert len(data["dialogues"]) == len(run["answers"]) == len(data["lie"])
-    first = data["dialogues"][1]
-    assert first == [{"role": "user", "content": run["prompts"][1]}, {"role": "assistant", "content": run["answers"][1]}]
-    assert data["lie"].tolist() == [int(not t) for t in run["truthful"]]
-    assert data["instructed"].tolist() == run["instructed_lie"] == [0, 1] * (len(run["answers"]) // 2)
+    run = {"prompts": ["Q1 truthfully", "Q1 lie", "Q2 truthfully", "Q2 lie"],
+           "answers": ["Paris is in France.", "Paris is in Spain.", "Rome is in Italy.", "Rome is in Italy."],
+           "truthful": [True, False, True, True], "instructed_lie": [0, 1, 0, 1]}
+    (tmp_path / "results.json").write_text(json.dumps({"on_policy": run}))
+    data = M.on_policy_set(tmp_path / "results.json")
+    assert data["dialogues"][1] == [{"role": "user", "content": "Q1 lie"},
+                                    {"role": "assistant", "content": "Paris is in Spain."}]
+    assert data["lie"].tolist() == [0, 1, 0, 0] and data["instructed"].tolist() == [0, 1, 0, 1]
+    committed_41 = M.on_policy_set()
+    n = len(committed_41["dialogues"])
+    assert n > 0 and committed_41["instructed"].tolist() == [0, 1] * (n // 2)
 
 
 def test_cohens_d_against_numpy_and_a_planted_latent():
