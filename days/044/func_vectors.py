@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import math
 import random
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ from torch import Tensor
 from checks.timing import single_thread
 
 P = importlib.import_module("days.043.act_patch")
+P40 = importlib.import_module("days.040.probes_theory")   # day 40's Wilson interval
 ICLSequence, ICLDataset, word_pairs = P.ICLSequence, P.ICLDataset, P.word_pairs
 correct_logprob, tokenize, answer_ids, dims = P.correct_logprob, P.tokenize, P.answer_ids, P.dims
 
@@ -206,17 +206,6 @@ def intervene_with_fn_vector(model, word: str, layer: int, fn_vector: Float[Tens
 # ---------------------------------------------------------------- the experiment
 
 
-Z95 = 1.959963984540054  # the standard normal's 97.5% quantile
-
-
-def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """The Wilson score interval for a binomial proportion k/n (95% by default), clipped to [0, 1]."""
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 def paired_bootstrap(a: Tensor, b: Tensor, n: int = 10_000, seed: int = 0) -> tuple[float, float]:
     """95% percentile bootstrap interval of mean(b − a) over paired outcomes (resampling the items)."""
     rng = np.random.default_rng(seed)
@@ -320,8 +309,8 @@ def run_experiment(out_dir: Path, name: str = "smollm2", config: dict | None = N
                 "fv_best_layer": best, "fv_best_scale": scale, "fv_best_out": k / len(held_out),
                 "fv_best_logprob_out": out_lp.mean().item(),
                 "fv_logprob_gain_out_ci": paired_bootstrap(base_out_lp, out_lp),
-                "fv_best_out_ci": wilson(k, len(held_out)),
-                "zero_shot_out_ci": wilson(int(base_out.sum()), len(held_out)),
+                "fv_best_out_ci": P40.wilson_interval(k, len(held_out)),
+                "zero_shot_out_ci": P40.wilson_interval(int(base_out.sum()), len(held_out)),
                 "fv_gain_out": (out_acc - base_out).mean().item(),
                 "fv_gain_out_ci": paired_bootstrap(base_out, out_acc),
                 "generations": [dict(zip(("word", "without", "with"),

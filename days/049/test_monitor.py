@@ -18,7 +18,7 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-from checks.committed import SMOLLM2_LOGIT_REL, cited_results, reproduction_failures, statistical, value_at
+from checks.committed import SMOLLM2_LOGIT_REL, cited_results, exact, reproduction_failures, statistical, value_at
 from checks.timing import single_thread
 
 from . import monitor as M
@@ -272,16 +272,16 @@ RAW = statistical(0.02, why="day 41's probe does not depend on the SAE: float32 
 AGREEMENT = statistical(0.25, why="another SAE picks other latents: agreement statistics over 24 × 10 effects")
 SPREAD = statistical(0.5, rel=0.5, why="another SAE's latents: only the order of magnitude is the claim")
 CITED = {
-    "layer": statistical(0, why="the configuration"), "n_train": statistical(0, why="the split"),
-    "n_test": statistical(0, why="the split"), "attribution.downstream_layer": statistical(0, why="the configuration"),
-    "d_sae": statistical(0, why="the configuration"),
-    "mean_active_latents_per_token": statistical(0, why="TopK: exactly k per token"),
+    "layer": exact("the configuration"), "n_train": exact("the split"),
+    "n_test": exact("the split"), "attribution.downstream_layer": exact("the configuration"),
+    "d_sae": exact("the configuration"),
+    "mean_active_latents_per_token": exact("TopK: exactly k per token"),
     **{f"monitor.{k}.auroc": AUROC for k in M.K_LATENTS},
     "latent_probe.auroc": AUROC, "raw_probe_same_layer.auroc": RAW,
     "top_latents.0.cohens_d": SPREAD,
     "top_latents.0.share_on_first_3_tokens": statistical(0.3, why="another SAE's strongest latent"),
     "monitor_share_on_first_3_tokens": statistical(0.2, why="another SAE's 20 latents"),
-    "on_policy.n": statistical(0, why="day 41's data"), "on_policy.n_lies": statistical(0, why="day 41's data"),
+    "on_policy.n": exact("day 41's data"), "on_policy.n_lies": exact("day 41's data"),
     **{f"on_policy.{t}.monitor_{k}.auroc": ON_POLICY for t in ("instructed", "lie") for k in M.K_LATENTS},
     **{f"on_policy.{t}.monitor_1.ci.{i}": ON_POLICY for t in ("instructed", "lie") for i in (0, 1)},
     **{f"on_policy.{t}.raw_probe_same_layer.auroc": RAW for t in ("instructed", "lie")},

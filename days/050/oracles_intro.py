@@ -20,8 +20,8 @@ Qwen3) with internet. Layer l means the output of decoder block l (Hugging Face'
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +31,8 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from checks.models import hf_model
+
+P40 = importlib.import_module("days.040.probes_theory")   # day 40's Wilson interval
 
 SPECIAL_TOKEN = " ?"
 IDENTITY_PROMPT = "cat -> cat; 1135 -> 1135; hello -> hello;" + SPECIAL_TOKEN + " ->"
@@ -263,16 +265,6 @@ def decode_token_identity(model_name: str, words: list[str], acts: Float[Tensor,
                 predicted=tok.convert_ids_to_tokens(new[:, 0].tolist()), max_abs_logit=logits.abs().max().item())
 
 
-def wilson_interval(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    """Wilson's score interval for a binomial proportion k/n (95% by default)."""
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return (max(0.0, centre - half), min(1.0, centre + half))
-
-
 def identity_curve(model_name: str, layers: list[int], words: list[str], coefficients=COEFFICIENTS,
                    injection_layer: int = INJECTION_LAYER, seed: int = 0) -> dict:
     """Token-identity accuracy by source layer, for each steering coefficient, and for the control (a random
@@ -287,7 +279,7 @@ def identity_curve(model_name: str, layers: list[int], words: list[str], coeffic
                                           steering_coefficient=c)
                 k = sum(r["correct"])
                 rows[kind].append(dict(layer=l, k=k, n=len(words), accuracy=k / len(words),
-                                       ci=list(wilson_interval(k, len(words))), correct=r["correct"],
+                                       ci=list(P40.wilson_interval(k, len(words))), correct=r["correct"],
                                        margin=r["margin"], max_abs_logit=r["max_abs_logit"],
                                        predicted=r["predicted"]))
         out[f"{c:g}"] = rows

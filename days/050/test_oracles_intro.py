@@ -186,15 +186,6 @@ def test_run_oracle_matches_hf_generate(smol, gate_acts):
     torch.testing.assert_close(whole_logits, logits, rtol=1e-5, atol=1e-4)
 
 
-def test_wilson_interval_matches_scipy():
-    """wilson_interval equals scipy's binomtest(k, n).proportion_ci(method='wilson') (float64 arithmetic)."""
-    from scipy.stats import binomtest
-
-    for k, n in ((0, 10), (3, 10), (55, 55), (17, 40)):
-        ref = binomtest(k, n).proportion_ci(confidence_level=0.95, method="wilson")
-        assert O.wilson_interval(k, n) == pytest.approx((ref.low, ref.high), abs=1e-12)
-
-
 def decision_tolerance(rows: list[dict]) -> int:
     """How many argmax decisions could flip on another CPU: those whose margin (top logit − runner-up) is within
     twice a SmolLM2 logit's float32 error (SMOLLM2_LOGIT_REL × the largest |logit|, checks/committed.py)."""
@@ -213,7 +204,7 @@ def test_results_json_is_current(gate_acts, committed, measure):
         for kind in ("oracle", "control"):
             for r in rows[kind]:
                 assert r["k"] == sum(r["correct"]) and r["accuracy"] == r["k"] / r["n"]
-                assert r["ci"] == pytest.approx(O.wilson_interval(r["k"], r["n"]))
+                assert r["ci"] == pytest.approx(O.P40.wilson_interval(r["k"], r["n"]))
         s = committed["summary"][c]
         assert s["best_accuracy"] == max(r["accuracy"] for r in rows["oracle"])
         assert s["control_max_accuracy"] == max(r["accuracy"] for r in rows["control"])

@@ -181,7 +181,7 @@ def score(predictions: list[int], k: int) -> dict:
     labels = [i % k for i in range(len(predictions))]
     correct = sum(int(p == y) for p, y in zip(predictions, labels))
     return dict(k=correct, n=len(predictions), accuracy=correct / len(predictions),
-                ci=list(O.wilson_interval(correct, len(predictions))))
+                ci=list(O.P40.wilson_interval(correct, len(predictions))))
 
 
 def oracle_summary(by_layer: dict, secrets: list[str]) -> dict:
@@ -235,7 +235,7 @@ def run_experiment(out_dir: Path, model_name: str = "smollm2") -> dict:
     leaked = {q: [leaks(a, s) for a, s in zip(answers[q], secrets)] for q in QUESTIONS}
     n_leak = sum(sum(v) for v in leaked.values())
     n = k * len(QUESTIONS)
-    leak = dict(k=n_leak, n=n, rate=n_leak / n, ci=list(O.wilson_interval(n_leak, n)),
+    leak = dict(k=n_leak, n=n, rate=n_leak / n, ci=list(O.P40.wilson_interval(n_leak, n)),
                 by_question={q: sum(v) / k for q, v in leaked.items()})
     acts = user_turn_activations(model_name, secrets, QUESTIONS, LAYERS)         # [q, k, layer, d]
     by_layer: dict = {"probe": [], "oracle_identity": [], "oracle_question": []}

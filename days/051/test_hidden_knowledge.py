@@ -134,7 +134,7 @@ def test_results_json_is_current(setup, committed, measure):
     assert c["secrets"] == secrets and c["questions"] == list(H.QUESTIONS) and c["chance"] == 1 / len(secrets)
     for key, rows in c["by_layer"].items():
         for r in rows:
-            assert r["ci"] == pytest.approx(H.O.wilson_interval(r["k"], r["n"])) and r["accuracy"] == r["k"] / r["n"]
+            assert r["ci"] == pytest.approx(H.O.P40.wilson_interval(r["k"], r["n"])) and r["accuracy"] == r["k"] / r["n"]
         assert c["best"][key]["accuracy"] == max(r["accuracy"] for r in rows)
     assert c["oracle_summary"] == H.oracle_summary(c["by_layer"], secrets)
     for q in H.QUESTIONS:
