@@ -119,6 +119,10 @@ def print_summary(console: Console, ledger: Ledger, summary: PublishSummary) -> 
         f"posts {'restaged' if summary.staged_changed else 'unchanged'}, "
         + (f"site {'rendered with ' + summary.engine if summary.rendered else 'unchanged'}"
            if summary.engine else "site not rendered"))
+    if summary.import_seconds:
+        console.print(f"  gates forked from {len(summary.import_seconds)} warm process(es); their library imports took "
+                      + ", ".join(f"{s:.1f}" for s in summary.import_seconds)
+                      + " s once, not counted in each gate's time", highlight=False)
     bar_width = 40
     filled = round(bar_width * passed / 100)
     console.print(f"  [green]{'█' * filled}[/][dim]{'░' * (bar_width - filled)}[/] {passed}%")

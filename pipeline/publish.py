@@ -6,7 +6,8 @@ The steps run in a fixed order and stop with a clear message at the first pipeli
 1. plan: fingerprint every started unit (the days and the capstone) and decide which need a gate
    (changed, never gated, no cached result to build the Verified box from, or all with ``--all``);
 2. gate those units, in parallel where cores allow, each ``pytest days/NNN`` (``pytest capstone``)
-   in its own process;
+   in its own process; when a worker has more than one gate to run, its gates are forked from a
+   warm ``pipeline.gate_server`` that imported the heavy libraries once (pipeline/gate.py);
 3. update ``progress.yml`` (atomically, and only if something changed);
 4. stage the posts of passing units in memory (all placeholders resolved), then rewrite the
    README's generated sections, then sync ``site/posts/`` to exactly those posts;
@@ -36,7 +37,7 @@ from typing import Callable, Iterator
 
 from . import ledger as ledger_io
 from .fingerprint import unit_fingerprint
-from .gate import GateProcesses, GateResult, clean_leftovers, load_cached, pid_alive, run_gate, save_cached
+from .gate import GateProcesses, GateResult, GateServers, clean_leftovers, load_cached, pid_alive, run_gate, save_cached
 from .ledger import Entry, Ledger
 from .project import CAPSTONE, DayNumberError, Project, UnitKey, parse_unit
 from .readme import update_readme
@@ -110,6 +111,7 @@ class PublishSummary:
     engine: str | None = None
     failing: list[UnitKey] = field(default_factory=list)   # every unit the ledger records as failing
     planned: list[UnitKey] = field(default_factory=list)   # the units this publish set out to gate
+    import_seconds: list[float] = field(default_factory=list)  # each warm gate server's one-time imports
     seconds: float = 0.0
 
 
@@ -229,6 +231,8 @@ def _publish(project: Project, options: PublishOptions, reporter: Reporter, gate
     if todo:
         pool = ThreadPoolExecutor(max_workers=max(1, options.jobs))
         futures: dict = {}
+        # Warm only pays when a worker runs a second gate: its first one costs the imports anyway.
+        servers = GateServers(project, processes) if len(todo) > options.jobs else None
 
         def record(future, unit_plan: UnitPlan, announce: bool) -> None:
             result = future.result()
@@ -241,7 +245,7 @@ def _publish(project: Project, options: PublishOptions, reporter: Reporter, gate
         try:
             for p in todo:
                 futures[pool.submit(gate, project, p.unit, p.fingerprint, timeout=options.timeout,
-                                    processes=processes)] = p
+                                    processes=processes, servers=servers)] = p
             for future in as_completed(futures):
                 record(future, futures[future], True)
         except _Stop:
@@ -255,6 +259,9 @@ def _publish(project: Project, options: PublishOptions, reporter: Reporter, gate
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
+            if servers is not None:
+                summary.import_seconds = servers.import_seconds()
+                servers.close()
     summary.gated.sort(key=_order)
 
     # 3. ledger

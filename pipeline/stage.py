@@ -175,10 +175,11 @@ def verified_box(project: Project, entry: Entry, gate: GateResult) -> str:
             row["measured"].append(text)
     checked = gate.checked_at[:10]
     skipped = f", {gate.n_skipped} skipped" if gate.n_skipped else ""
+    warm = f" after a shared {gate.import_seconds:.1f} s of library imports" if gate.import_seconds else ""
     lines = [
         '::: {.callout-tip .verified title="Verified"}',
         f"**{gate.n_passed} tests passed**{skipped} in {gate.wall_seconds:.1f} s "
-        f"(`pytest {project.unit_rel(entry.key)}`, gated {checked}, "
+        f"(`pytest {project.unit_rel(entry.key)}`{warm}, gated {checked}, "
         f"fingerprint `{gate.fingerprint.split(':')[-1][:12]}`).",
         "",
         "| Test | What it checks | Measured |",

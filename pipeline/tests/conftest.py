@@ -156,6 +156,9 @@ class ToyProject:
 @pytest.fixture
 def toy(tmp_path, monkeypatch) -> ToyProject:
     monkeypatch.delenv("CI", raising=False)
+    # Toy days import nothing heavy: a warm gate server need not spend 10 s importing torch
+    # (tests/test_gate_server.py checks the real list on a real day).
+    monkeypatch.setenv("ARENA_GATE_PREIMPORT", "beartype,pytest")
     return ToyProject(tmp_path / "project")
 
 

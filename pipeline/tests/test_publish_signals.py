@@ -52,11 +52,12 @@ def _recorded_pids(root: Path) -> list[int]:
     return pids
 
 
-def _start_publish(toy, hang: bool) -> subprocess.Popen:
+def _start_publish(toy, hang: bool, jobs: int = 2) -> subprocess.Popen:
+    """With 3 days and 2 jobs the gates are warm (forked from gate servers); with 3 jobs, cold."""
     env = {k: v for k, v in os.environ.items() if k not in ("CI", "ARENA_GATE", "HANG_WHILE")}
     if hang:
         env["HANG_WHILE"] = str(toy.root / "slow.flag")
-    return subprocess.Popen([sys.executable, "-m", "invoke", "publish", "--engine", "pandoc", "--jobs", "3"],
+    return subprocess.Popen([sys.executable, "-m", "invoke", "publish", "--engine", "pandoc", "--jobs", str(jobs)],
                             cwd=toy.root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -70,15 +71,16 @@ def slow_days(toy):
     return toy
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
-def test_a_signal_stops_publish_within_two_seconds_and_keeps_what_finished(slow_days, sig, code, measure):
+@pytest.mark.parametrize("sig, code, jobs", [(signal.SIGINT, 130, 2), (signal.SIGTERM, 143, 2), (signal.SIGINT, 130, 3)],
+                         ids=["SIGINT-warm", "SIGTERM-warm", "SIGINT-cold"])
+def test_a_signal_stops_publish_within_two_seconds_and_keeps_what_finished(slow_days, sig, code, jobs, measure):
     """SIGINT (Ctrl-C) or SIGTERM (kill PID) during the gates: publish exits within 2 s with
     128 + the signal's number; no gate process (pytest, or the child it started) survives; no
     temporary folder remains; the finished gate (day 1) is recorded as passed and the stopped
     ones are not recorded at all; the README and the site are left as they were."""
     toy = slow_days
     readme_before = (toy.root / "README.md").read_bytes()
-    proc = _start_publish(toy, hang=True)
+    proc = _start_publish(toy, hang=True, jobs=jobs)
     try:
         _wait_for(lambda: (toy.root / ".gate" / "001.json").exists(), 120, "day 1's gate to finish")
         _wait_for(lambda: len(list((toy.root / "pids").glob("*"))) == 2
@@ -93,7 +95,7 @@ def test_a_signal_stops_publish_within_two_seconds_and_keeps_what_finished(slow_
         if proc.poll() is None:
             proc.kill()
         (toy.root / "slow.flag").unlink(missing_ok=True)
-    measure(f"stop_seconds.{sig.name}", took, "< 2")
+    measure(f"stop_seconds.{sig.name}.{'warm' if jobs == 2 else 'cold'}", took, "< 2")
     assert took < 2.0, f"publish took {took:.2f} s to stop\n{output}"
     assert proc.returncode == code, output
     assert "Traceback" not in output
@@ -109,12 +111,13 @@ def test_a_signal_stops_publish_within_two_seconds_and_keeps_what_finished(slow_
     assert not (toy.root / ".gate" / "publish.lock").exists()
 
 
-def test_a_killed_publish_is_cleaned_up_by_the_next_one(slow_days):
+@pytest.mark.parametrize("jobs", [2, 3], ids=["warm", "cold"])
+def test_a_killed_publish_is_cleaned_up_by_the_next_one(slow_days, jobs):
     """SIGKILL leaves gates running and temporary folders behind (nothing can catch it); the next
     publish ends those gate processes, removes the folders and a half-rendered site, says so,
     and then publishes normally."""
     toy = slow_days
-    proc = _start_publish(toy, hang=True)
+    proc = _start_publish(toy, hang=True, jobs=jobs)
     try:
         _wait_for(lambda: len(list((toy.root / "pids").glob("*"))) == 2
                   and all(p.read_text() for p in (toy.root / "pids").glob("*")), 120, "both slow gates to start")
@@ -123,7 +126,8 @@ def test_a_killed_publish_is_cleaned_up_by_the_next_one(slow_days):
         pids = _recorded_pids(toy.root)
         assert pid_alive(pids[0]), "the gate outlived a SIGKILLed publish, as it must be able to"
         leftovers = list((toy.root / ".gate").glob("tmp/gate-*"))
-        assert len(leftovers) >= 2  # the two hanging gates (day 1 may still be running too)
+        assert len(leftovers) >= 2  # the two hanging gates' folders (or their two gate servers')
+        assert any("-server-" in folder.name for folder in leftovers) == (jobs == 2)  # warm gates, or cold
         (toy.root / "site" / f"_site.new-{proc.pid}").mkdir()   # as if killed while rendering
     finally:
         if proc.poll() is None:
