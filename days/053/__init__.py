@@ -1,0 +1,1 @@
+"""Day 53: IOI Task Setup (1.4.1 IOI)."""
