@@ -25,6 +25,7 @@ publish runs at a time (``.gate/publish.lock``); the next one cleans up after a 
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import threading
@@ -243,7 +244,7 @@ def _publish(project: Project, options: PublishOptions, reporter: Reporter, gate
                 reporter.gate_finished(result)
 
         try:
-            for p in todo:
+            for p in sorted(todo, key=lambda p: _expected_seconds(ledger.entry(p.unit))):
                 futures[pool.submit(gate, project, p.unit, p.fingerprint, timeout=options.timeout,
                                     processes=processes, servers=servers)] = p
             for future in as_completed(futures):
@@ -295,6 +296,13 @@ def _publish(project: Project, options: PublishOptions, reporter: Reporter, gate
     summary.failing = [e.key for e in ledger.units() if e.status == "failing"]
     summary.seconds = time.perf_counter() - start
     return summary
+
+
+def _expected_seconds(entry) -> float:
+    """Sort key that starts the longest gates first (longest-processing-time scheduling): by the last
+    recorded gate time, a unit never timed before all the others. Without it a long gate handed out last
+    runs alone while the other workers idle."""
+    return -math.inf if entry.gate_seconds is None else -entry.gate_seconds
 
 
 class _Stop(BaseException):

@@ -255,3 +255,27 @@ def test_a_fresh_clone_regates_everything_and_leaves_the_committed_files_as_they
     assert summary.published == [1, 2] and summary.rendered
     assert not summary.ledger_written and not summary.readme_written
     assert {name: (toy.root / name).read_bytes() for name in committed} == committed
+
+
+def test_the_longest_gates_start_first(toy):
+    """Gates are handed to the workers longest first, by the ledger's last gate_seconds (a unit never
+    timed first of all: it may be long), so a long gate is not left alone at the end while the other
+    worker idles (on a fresh clone the capstone was last and the publish ran 1.25 × the test suite)."""
+    from pipeline import ledger as ledger_io
+    from pipeline.gate import run_gate
+
+    for day in (1, 2, 3, 4):
+        toy.write_day(day)
+    publish(toy.project, PANDOC)
+    ledger = ledger_io.load(toy.project.ledger_path)
+    for day, seconds in ((1, 2.0), (2, 9.0), (3, None), (4, 5.0)):
+        ledger.entry(day).gate_seconds = seconds
+    ledger_io.save(ledger, toy.project.ledger_path)
+    started = []
+
+    def recording_gate(project, unit, *args, **kwargs):
+        started.append(unit)
+        return run_gate(project, unit, *args, **kwargs)
+
+    publish(toy.project, PublishOptions(engine="pandoc", jobs=1, all=True, render=False), gate=recording_gate)
+    assert started == [3, 2, 4, 1]
