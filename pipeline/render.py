@@ -17,6 +17,7 @@ import html
 import os
 import shutil
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from email.utils import format_datetime
@@ -138,8 +139,11 @@ class PandocEngine:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(text, encoding="utf-8")
 
-        for p in posts:
-            body = self.to_html(p.body_md, lua, str(p.meta.get("source") or f"posts/{p.slug}/index.qmd"))
+        # One pandoc process per post, as many at once as there are cores (pandoc is single-threaded).
+        with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
+            bodies = list(pool.map(lambda p: self.to_html(
+                p.body_md, lua, str(p.meta.get("source") or f"posts/{p.slug}/index.qmd")), posts))
+        for p, body in zip(posts, bodies):
             write(p.href, page.render(
                 **{**common, "kind": "post", "root": "../../", "title": html.escape(str(p.meta["title"])),
                    "description": html.escape(str(p.meta.get("description", ""))), "body": body,
