@@ -5,7 +5,9 @@ has a second gate to run; the real list of libraries imports, and a real day pas
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import os
 import textwrap
 import time
 from pathlib import Path
@@ -109,10 +111,45 @@ def test_publish_goes_warm_only_when_a_worker_has_a_second_gate(toy):
 
 
 def test_the_libraries_to_preimport_exist():
-    """Every module the gate servers import first is installed (a stale name would silently
-    make every warm gate pay the import itself)."""
-    missing = [name for name in PREIMPORT if importlib.util.find_spec(name.split(".")[0]) is None]
+    """Every module the gate servers import first is installed, and every preload names a function
+    (a stale name would silently make every warm gate pay the import itself)."""
+    missing = [name for name in PREIMPORT if importlib.util.find_spec(name.partition(":")[0].split(".")[0]) is None]
     assert missing == []
+    for name in PREIMPORT:
+        module, _, function = name.partition(":")
+        assert not function or callable(getattr(importlib.import_module(module), function))
+
+
+SMOLLM2_DAY = textwrap.dedent('''
+
+    import pytest
+    from checks.models import hooked_model
+
+    {marker}
+    def test_uses_smollm2():
+        """SmolLM2 through checks.models, with or without declaring its asset."""
+        assert hooked_model("smollm2").cfg.n_layers == 30
+    ''')
+
+
+def test_a_preloaded_model_is_still_seen_by_the_asset_guard(toy, monkeypatch):
+    """The servers load SmolLM2 once for every gate; a gate that uses it without declaring its asset
+    still fails, as it fails cold, and one that declares it passes, warm and cold alike."""
+    assets = Path(__file__).resolve().parents[2].parent / "shared" / "assets"
+    monkeypatch.setenv("ARENA_ASSETS", os.environ.get("ARENA_ASSETS", str(assets)))
+    monkeypatch.setenv("ARENA_GATE_PREIMPORT", "beartype,pytest,pipeline.gate_server:preload_smollm2")
+    toy.write_day(1, extra_tests=SMOLLM2_DAY.format(marker='@pytest.mark.asset("smollm2-135m-instruct")'))
+    toy.write_day(2, extra_tests=SMOLLM2_DAY.format(marker=""))
+    processes = GateProcesses()
+    pool = GateServers(toy.project, processes)
+    try:
+        warm = [run_gate(toy.project, day, f"sha256:{day}", processes=processes, servers=pool) for day in (1, 2)]
+    finally:
+        pool.close()
+    cold = [run_gate(toy.project, day, f"sha256:{day}") for day in (1, 2)]
+    assert [_comparable(r) for r in warm] == [_comparable(r) for r in cold]
+    assert warm[0].passed and not warm[1].passed and "smollm2-135m-instruct" in warm[1].output_tail
+    assert warm[0].import_seconds > 0.5  # the model was loaded in the server, not in the gate
 
 
 def test_a_real_day_passes_warm_as_it_passes_cold(monkeypatch, measure):
