@@ -1,0 +1,1 @@
+"""Day 63: Fourier Circuits in Grokking (1.5.2 Grokking)."""
