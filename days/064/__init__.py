@@ -1,0 +1,1 @@
+"""Day 64: Grokking — Progress Measures (1.5.2 Grokking)."""
