@@ -1,0 +1,1 @@
+"""Day 66: OthelloGPT — Interventions (1.5.3 OthelloGPT)."""
