@@ -100,11 +100,11 @@ def escape(text: str) -> str:
 # ---------------------------------------------------------------- collecting the sources
 
 
-def ledger_rows(proj: Project) -> list[dict]:
-    """One row per day from the ledger."""
+def ledger_rows(proj: Project, days=DAYS) -> list[dict]:
+    """One row per day from the ledger (``days``: which days; this review's by default)."""
     ledger = ledger_io.load(proj.ledger_path)
     rows = []
-    for day in DAYS:
+    for day in days:
         e = ledger[day]
         rows.append({"day": day, "topic": e.topic, "status": e.status, "tests_passed": e.tests_passed,
                      "tests_failed": e.tests_failed, "gate_seconds": e.gate_seconds,
@@ -129,12 +129,14 @@ def gate_measurements(proj: Project, day: int) -> dict | None:
             "wall_seconds": report.wall_seconds, "measured": measured}
 
 
-def headline_values(proj: Project, day: int) -> list[dict]:
-    """The chosen results.json values of a day (missing file or path: recorded as missing)."""
+def headline_values(proj: Project, day: int, headlines: dict | None = None) -> list[dict]:
+    """The chosen results.json values of a day (missing file or path: recorded as missing); ``headlines``:
+    day -> [(path, label)], this review's HEADLINES by default."""
+    headlines = HEADLINES if headlines is None else headlines
     path = proj.day_dir(day) / "results.json"
     data = json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
     out = []
-    for key, label in HEADLINES.get(day, []):
+    for key, label in headlines.get(day, []):
         try:
             value = lookup(data, key) if data is not None else None
             found = data is not None
@@ -144,14 +146,15 @@ def headline_values(proj: Project, day: int) -> list[dict]:
     return out
 
 
-def collect(proj: Project | None = None) -> dict:
-    """All sources for days 15–28, as plain data."""
+def collect(proj: Project | None = None, days=DAYS, headlines: dict | None = None) -> dict:
+    """All sources for ``days`` (days 15–28 by default) with their ``headlines``, as plain data."""
     proj = proj or project()
-    days = {}
-    for row in ledger_rows(proj):
+    out = {}
+    for row in ledger_rows(proj, days):
         day = row["day"]
-        days[str(day)] = {"ledger": row, "gate": gate_measurements(proj, day), "headlines": headline_values(proj, day)}
-    return days
+        out[str(day)] = {"ledger": row, "gate": gate_measurements(proj, day),
+                         "headlines": headline_values(proj, day, headlines)}
+    return out
 
 
 # ---------------------------------------------------------------- the tables
@@ -208,15 +211,29 @@ def counts(days: dict) -> dict:
 
 def run_experiment(out_dir: Path) -> dict:
     """Collect the sources, build the three tables, draw the tests-per-day figure, write results.json."""
-    import matplotlib.pyplot as plt
-
     out_dir = Path(out_dir)
     (out_dir / "figures").mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     days = collect()
     totals = counts(days)
 
-    fig, ax = plt.subplots(figsize=(9, 3.8))
+    tests_figure(days, out_dir / "figures/module2_tests.png", "Module 2: what each day's gate checks")
+
+    results = {
+        "days": days,
+        "totals": totals,
+        "tables": {"summary": summary_table(days), "claims": claims_table(days), "headlines": headline_table(days)},
+        "experiment_seconds": time.perf_counter() - start,
+    }
+    (out_dir / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
+    return results
+
+
+def tests_figure(days: dict, path: Path, title: str) -> None:
+    """Bar chart per day: tests passed (ledger) beside measurements with a bound (gate report)."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(9, 0.28 * len(days)), 3.8))
     labels = list(days)
     passed = [days[d]["ledger"]["tests_passed"] for d in labels]
     claims = [0 if days[d]["gate"] is None else sum(m["bound"] is not None for m in days[d]["gate"]["measured"]) for d in labels]
@@ -228,18 +245,9 @@ def run_experiment(out_dir: Path) -> dict:
             ax.text(i, 1, "not yet\npublished", ha="center", fontsize=7, rotation=90, va="bottom")
     ax.set_xticks(list(x), [f"{int(d)}" for d in labels])
     ax.set_xlabel("day")
-    ax.set_title("Module 2: what each day's gate checks", fontsize=10)
+    ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out_dir / "figures/module2_tests.png", dpi=120)
+    fig.savefig(path, dpi=120)
     plt.close(fig)
-
-    results = {
-        "days": days,
-        "totals": totals,
-        "tables": {"summary": summary_table(days), "claims": claims_table(days), "headlines": headline_table(days)},
-        "experiment_seconds": time.perf_counter() - start,
-    }
-    (out_dir / "results.json").write_text(json.dumps(results, indent=1, ensure_ascii=False) + "\n")
-    return results
