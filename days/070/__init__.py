@@ -1,0 +1,1 @@
+"""Day 70: Module 1 Review (independent study)."""
