@@ -41,6 +41,11 @@ from checks.timing import single_thread
 
 cd = importlib.import_module("days.055.circuit_map")    # the circuit, word positions
 ioi = cd.ioi                                                     # IOIDataset, logit differences
+
+
+def day53_committed(key: str):
+    """A number day 53 committed (its results.json), e.g. the per-prompt clean logit differences."""
+    return json.loads((Path(ioi.__file__).parent / "results.json").read_text(encoding="utf-8"))[key]
 act_name = ioi.act_name
 
 Circuit = dict[str, list[tuple[int, int]]]

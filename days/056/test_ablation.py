@@ -14,7 +14,6 @@ is another float32 path of the same kind and obeys the same bound.
 
 import copy
 import importlib
-import json
 from functools import partial
 from pathlib import Path
 
@@ -232,7 +231,7 @@ def test_results_json_is_current(smol, committed, measure):
     worst = 0.0
     for key, values in now.items():
         worst = max(worst, assert_reproduces(values, c["per_prompt"][key][:N_GATE], tol, name=key))
-    day53 = json.loads((HERE.parent / "053" / "results.json").read_text())["logit_diff"][:N_GATE]
+    day53 = V.day53_committed("logit_diff")[:N_GATE]
     worst = max(worst, assert_reproduces(now["F_M"], day53, tol, name="F_M vs day 53"))   # the same prompts, unablated
     intervals = [v for v in c["faithfulness"].values()] + [v["incompleteness"] for v in c["completeness"].values()] + \
         [v for v in c["minimality"].values()] + [k for v in c["minimality"].values() for k in v["by_K"].values()]

@@ -36,6 +36,11 @@ grokking = importlib.import_module("days.062.grokking")
 fourier = importlib.import_module("days.063.fourier")
 
 
+def day62_committed(key: str):
+    """A number day 62 committed (its results.json), e.g. the three seeds' grokking steps."""
+    return json.loads((Path(grokking.__file__).parent / "results.json").read_text(encoding="utf-8"))[key]
+
+
 def key_freq_directions(p: int, key_freqs: list[int]) -> Float[Tensor, "n_dir p2"]:
     """The orthonormal functions of (a, b) (flattened, a the slow index) that the logits keep under restriction:
     the constant and, for each key frequency, cos(w_k(a + b)) and sin(w_k(a + b)) (get_trig_sum_directions)."""

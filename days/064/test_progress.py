@@ -10,7 +10,6 @@ model for the end of training; results.json's series for the phases, recomputed 
 import importlib
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -157,8 +156,8 @@ def test_series_reproduces(committed, tmp_path, measure):
     """(slow: day 62's first run trained again with checkpoints) the progress measures' landmarks are the committed
     ones within max(2·(spread of day 62's three grokking steps), 500) steps (a second float32 run of the recipe),
     the key frequencies the same."""
-    day62 = json.loads((Path(grokking.__file__).parent / "results.json").read_text())
-    spread = max(day62["grokked_steps"]) - min(day62["grokked_steps"])
+    steps = PM.day62_committed("grokked_steps")
+    spread = max(steps) - min(steps)
     tol = statistical(max(2 * spread, 500), why="a second float32 run of the recipe: the seeds' spread")
     now = PM.run_experiment(tmp_path)
     assert now["key_freqs"] == committed["key_freqs"]

@@ -240,6 +240,12 @@ ARENA: list[dict] = [
 # ---------------------------------------------------------------- collecting the sources (day 29's machinery)
 
 
+def day_results(day: int) -> dict | None:
+    """A day's committed results.json as plain JSON, or None if the day has none yet."""
+    path = ROOT / f"days/{day:03d}/results.json"
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
 def project():
     return R29.project()
 
