@@ -157,6 +157,34 @@ def collect(proj: Project | None = None, days=DAYS, headlines: dict | None = Non
     return out
 
 
+# ---------------------------------------------------------------- is a committed review current?
+
+
+def assert_current(recorded_days: dict, now: dict, review_day: int) -> int:
+    """Raise AssertionError naming the day and `invoke experiment {review_day}` if a reviewed day changed since
+    the review was generated: its fingerprint, ledger status and tests, its gate time (when the check is the same
+    one), the measurements of the gate report the review read, a gate report the review has not seen, or its
+    headline values. Returns how many gate reports were compared (none on a fresh clone: .gate/ is not committed)."""
+    rerun = f"run `invoke experiment {review_day}`"
+    compared = 0
+    for day, recorded in recorded_days.items():
+        led, cur = recorded["ledger"], now[day]["ledger"]
+        assert cur["fingerprint"] == led["fingerprint"], f"day {day} changed since the review was generated: {rerun}"
+        for key in ("status", "tests_passed", "tests_failed", "topic"):
+            assert cur[key] == led[key], f"day {day}: ledger {key} {cur[key]!r} ≠ review's {led[key]!r}: {rerun}"
+        if led["last_check"] == cur["last_check"]:
+            assert cur["gate_seconds"] == led["gate_seconds"], f"day {day}: gate seconds: {rerun}"
+        gate, gate_now = recorded["gate"], now[day]["gate"]
+        if gate_now is not None and gate is not None and (gate_now["fingerprint"], gate_now["checked_at"]) == (
+                gate["fingerprint"], gate["checked_at"]):
+            assert gate_now["measured"] == gate["measured"], f"day {day}: gate measurements: {rerun}"
+            compared += 1
+        else:
+            assert gate_now is None or gate is not None, f"day {day} has a gate report the review has not seen: {rerun}"
+        assert now[day]["headlines"] == recorded["headlines"], f"day {day}: results.json changed since the review: {rerun}"
+    return compared
+
+
 # ---------------------------------------------------------------- the tables
 
 

@@ -88,25 +88,34 @@ def test_review_agrees_with_the_sources(committed, measure):
     results = committed
     now = R.collect()
     assert list(results["days"]) == [str(d) for d in R.DAYS]
-    compared_reports = 0
-    for day, recorded in results["days"].items():
-        led, cur = recorded["ledger"], now[day]["ledger"]
-        assert cur["fingerprint"] == led["fingerprint"], (
-            f"day {day} changed since the review was generated: run `invoke experiment 29`")
-        for key in ("status", "tests_passed", "tests_failed", "topic"):
-            assert cur[key] == led[key], f"day {day}: ledger {key} {cur[key]!r} ≠ review's {led[key]!r}"
-        if led["last_check"] == cur["last_check"]:
-            assert cur["gate_seconds"] == led["gate_seconds"]
-        gate, gate_now = recorded["gate"], now[day]["gate"]
-        if gate_now is not None and gate is not None and (gate_now["fingerprint"], gate_now["checked_at"]) == (gate["fingerprint"], gate["checked_at"]):
-            assert gate_now["measured"] == gate["measured"]
-            compared_reports += 1
-        elif gate_now is not None and gate is None:
-            pytest.fail(f"day {day} has a gate report the review has not seen: run `invoke experiment 29`")
-        assert now[day]["headlines"] == recorded["headlines"], f"day {day}: results.json changed since the review"
+    compared_reports = R.assert_current(results["days"], now, review_day=29)
     assert results["tables"] == {"summary": R.summary_table(results["days"]), "claims": R.claims_table(results["days"]),
                                  "headlines": R.headline_table(results["days"])}
     assert results["totals"] == R.counts(results["days"])
     measure("review.gate_reports_compared", compared_reports)
     measure("review.claims_in_table", results["totals"]["n_claims"])
     assert (HERE / "figures/module2_tests.png").stat().st_size > 10_000
+
+
+def test_assert_current_names_each_kind_of_change():
+    """assert_current (the staleness check days 29 and 70 share) passes on identical data and fails, naming the
+    day and the experiment to rerun, on a changed fingerprint, a changed test count, changed gate measurements,
+    a gate report the review has not seen, and a changed headline."""
+    import copy
+
+    gate = {"fingerprint": "sha256:a", "checked_at": "t", "measured": [{"name": "e", "value": 1.0}]}
+    recorded = {"15": {"ledger": {"fingerprint": "sha256:a", "status": "passed", "tests_passed": 3, "tests_failed": 0,
+                                  "topic": "T", "last_check": "t", "gate_seconds": 1.0},
+                       "gate": gate, "headlines": [{"key": "k", "value": 0.5, "found": True}]}}
+    assert R.assert_current(recorded, copy.deepcopy(recorded), review_day=70) == 1
+    changes = [lambda d: d["ledger"].update(fingerprint="sha256:b"), lambda d: d["ledger"].update(tests_passed=4),
+               lambda d: d["gate"]["measured"][0].update(value=2.0), lambda d: d["headlines"][0].update(value=0.6)]
+    for change in changes:
+        now = copy.deepcopy(recorded)
+        change(now["15"])
+        with pytest.raises(AssertionError, match=r"day 15.*invoke experiment 70"):
+            R.assert_current(recorded, now, review_day=70)
+    unseen = copy.deepcopy(recorded)
+    unseen["15"]["gate"] = None
+    with pytest.raises(AssertionError, match="has not seen"):
+        R.assert_current(unseen, copy.deepcopy(recorded), review_day=29)

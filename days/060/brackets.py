@@ -427,15 +427,16 @@ def evaluate(model: HookedTransformer, strs: list[str], kinds: list[str] | None 
 # ---------------------------------------------------------------- the committed checkpoint
 
 
-def git_commit() -> str:
-    """HEAD of the repository, with "+uncommitted day 060" when this day's folder differs from it."""
+def git_commit(folder: Path = HERE) -> str:
+    """HEAD of the repository, with "+uncommitted day NNN" when the day's folder differs from it (what a
+    committed checkpoint records as the commit that trained it; days 062 and 065 call this too)."""
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=HERE, capture_output=True, text=True,
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=folder, capture_output=True, text=True,
                                check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
-    return head + (" +uncommitted day 060" if dirty else "")
+    return head + (f" +uncommitted day {Path(folder).name}" if dirty else "")
 
 
 def model_config_dict(cfg: HookedTransformerConfig) -> dict:

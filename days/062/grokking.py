@@ -22,9 +22,9 @@ Importing this module trains nothing; ``run_experiment`` trains the committed ru
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
-import subprocess
 import time
 import warnings
 from dataclasses import asdict, dataclass, replace
@@ -241,15 +241,6 @@ def grokking_summary(history: list[dict], memorised: float = 1.0, grokked: float
 # ---------------------------------------------------------------- the committed checkpoint
 
 
-def git_commit() -> str:
-    """HEAD of the repository, with "+uncommitted day 062" when this day's folder differs from it."""
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=HERE, capture_output=True, text=True,
-                               check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + (" +uncommitted day 062" if dirty else "")
 
 
 def model_config_dict(cfg: HookedTransformerConfig) -> dict:
@@ -350,7 +341,7 @@ def run_experiment(out_dir: Path = HERE, full: TrainConfig = FULL, seeds: tuple[
         runs[seed] = {"history": log["history"], "summary": grokking_summary(log["history"]),
                       "seconds": log["seconds"], "cpu_seconds": log["cpu_seconds"]}
     grok_steps = [runs[s]["summary"]["grokked_step"] for s in seeds]
-    commit = git_commit()
+    commit = importlib.import_module("days.060.brackets").git_commit(HERE)
     first = runs[seeds[0]]
     save_checkpoint(first_model, {"train_config": asdict(replace(full, seed=seeds[0], data_seed=seeds[0])),
                                   "seed": seeds[0], "data_seed": seeds[0], "commit": commit, "torch": torch.__version__,

@@ -20,8 +20,8 @@ Importing this module trains nothing; ``run_experiment`` trains the model, the p
 
 from __future__ import annotations
 
+import importlib
 import json
-import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -580,14 +580,6 @@ def sklearn_vs_torch(pd: ProbeData, n_train_games: int, layer: int, args: ProbeT
 # ---------------------------------------------------------------- the checkpoint and the experiment
 
 
-def git_commit() -> str:
-    try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=HERE, capture_output=True, text=True,
-                               check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + (" +uncommitted day 065" if dirty else "")
 
 
 def load_othello_gpt(path: Path = CHECKPOINT) -> HookedTransformer:
@@ -647,7 +639,7 @@ def run_experiment(out_dir: Path = HERE, full: TrainConfig = FULL, fast: TrainCo
     best = int(np.argmax(mine_occ))
     with single_thread():         # scikit-learn's BLAS too: two threads on the busy 2-core machine were 20× slower
         sk = sklearn_vs_torch(pd, PROBE_TRAIN, best, PROBE_ARGS, list(range(64)), max_train=SKLEARN_TRAIN)
-    commit = git_commit()
+    commit = importlib.import_module("days.060.brackets").git_commit(HERE)
     results = {
         "model_config": {k: getattr(model.cfg, k) for k in ("n_layers", "d_model", "n_heads", "d_head", "d_mlp",
                                                             "n_ctx", "d_vocab", "d_vocab_out", "act_fn")},
