@@ -16,6 +16,7 @@ from pipeline import ledger as ledger_io
 from pipeline.console import RichReporter, print_interrupted, print_summary, status_table
 from pipeline.ledger import LedgerError
 from pipeline.markdown import PandocMissing
+from pipeline.practice import PracticeError, check_practice, make_practice
 from pipeline.project import CAPSTONE, DayNumberError, Project, day_dir_name, parse_day, parse_unit, unit_label
 from pipeline.fingerprint import unit_fingerprint
 from pipeline.gate import run_gate
@@ -36,7 +37,7 @@ def _clear_errors():
     try:
         yield
     except (LedgerError, DayNumberError, DayExistsError, ReadmeError, StageError, RenderError, LookupError,
-            OptionError, PublishLocked, PandocMissing) as exc:
+            OptionError, PublishLocked, PandocMissing, PracticeError) as exc:
         console.print(f"[bold red]error:[/] {exc}", highlight=False)
         raise Exit(code=1)
 
@@ -104,6 +105,64 @@ def check(c, day):
         published = {e.key: post_slug(e) for e in ledger.units() if e.status == "passed"} | {key: post_slug(entry)}
         staged = stage_post(PROJECT, entry, result, entry.first_passed or date.today(), published)
     console.print(f"post stages cleanly: {staged.slug} ({len(staged.assets)} figure or linked file(s))")
+
+
+@task(help={"day": "the day number, 1 to 100",
+            "into": "write the copy here instead of practice/NNN (a folder inside the repository)",
+            "check": "grade the practice copy with the day's gate: a scoreboard per exercise",
+            "use_mine": "earlier days whose practice copies this one imports instead of the reference, e.g. 31,32"})
+def practice(c, day, into=None, check=False, use_mine=""):
+    """Practice a day: its exercises emptied (`raise NotImplementedError`), graded by the day's own gate."""
+    with _clear_errors():
+        folder = Path(into) if into else None
+        if not check:
+            mine = tuple(int(d) for d in use_mine.replace(",", " ").split()) if use_mine else ()
+            manifest = make_practice(PROJECT, day, into=folder, use_mine=mine)
+            where = folder or Path("practice") / day_dir_name(parse_day(day))
+            console.print(f"wrote {where}/: {len(manifest['exercises'])} exercises to fill in:", highlight=False)
+            for e in manifest["exercises"]:
+                console.print(f"  {e['module']}:{e['qualname']}  [dim]{e['summary']}[/]", highlight=False)
+            console.print(f"Grade it with [bold]invoke practice {parse_day(day)} --check[/] "
+                          f"(or [bold]pytest {where}[/]).")
+            return
+        board = check_practice(PROJECT, day, folder=folder)
+    colours = {"passed": "green", "failing": "red", "waiting": "yellow", "not yet implemented": "dim"}
+    for row in board.rows:
+        detail = f"  [dim]{', '.join(row['failing'][:3])}[/]" if row["status"] == "failing" else ""
+        console.print(f"  [{colours[row['status']]}]{row['status']:>19}[/]  {row['exercise']}{detail}", highlight=False)
+    counts = board.counts()
+    console.print(f"Day {board.day}: {counts['passed']} of {len(board.rows)} exercises pass "
+                  f"({counts['failing']} failing, {counts['waiting']} waiting on others, "
+                  f"{counts['not yet implemented']} not yet implemented); gate: {board.tests_passed} passed, "
+                  f"{board.tests_failed} failed in {board.gate_seconds:.1f} s", highlight=False)
+    if counts["passed"] != len(board.rows):
+        raise Exit(code=1)
+
+
+@task(help={"day": "the day number, 1 to 100",
+            "limit": "at most this many mutants (one per line, drawn with a fixed seed)",
+            "force": "measure again even if the day's fingerprint has a cached measurement"})
+def mutate(c, day, limit=None, force=False):
+    """Gate strength: break single lines of the day's exercises and count how many breaks its gate catches."""
+    from pipeline.mutate import DEFAULT_LIMIT, measure_gate_strength, record
+
+    def progress(i, n, mutant, caught):
+        mark = "[green]caught[/]" if caught else "[red]survived[/]"
+        console.print(f"  {i:>3}/{n} {mark}  {mutant.module}:{mutant.line} {mutant.qualname}: {mutant.change}",
+                      highlight=False)
+
+    with _clear_errors():
+        result = measure_gate_strength(PROJECT, day, int(limit) if limit else DEFAULT_LIMIT, force=force,
+                                       progress=progress)
+        recorded = record(PROJECT, result)
+    cached_note = " (cached for this fingerprint)" if result.get("from_cache") else f" in {result['seconds']:.0f} s"
+    console.print(f"Day {result['day']}: gate strength {result['caught']} of {result['total']} single-line breaks "
+                  f"caught{cached_note}; {result['candidates']} possible breaks in its exercises.", highlight=False)
+    for s in result["survivors"]:
+        console.print(f"  survived: {s['module']}:{s['line']} {s['qualname']}: {s['change']} "
+                      "(a missing test, or an equivalent mutant?)", highlight=False)
+    if not recorded:
+        console.print("[yellow]the day changed while it was measured: not written to the ledger[/]")
 
 
 @task(help={"day": "the day number, 1 to 100, or 'capstone'"})

@@ -343,28 +343,35 @@ class GateServer:
         checked_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         with tempfile.TemporaryDirectory(prefix=f"{unit_name(key)}-", dir=self.folder) as tmp:
             report_path, log = Path(tmp) / "report.json", Path(tmp) / "output.log"
-            request = {"args": _pytest_args(project, key, report_path, extra_args), "log": str(log)}
-            start = time.perf_counter()
-            self.proc.stdin.write((json.dumps(request) + "\n").encode())
-            self.proc.stdin.flush()
-            pid = self._read()["pid"]
-            self.processes.track(pid)
-            try:
-                message = self._read(timeout)
-                if message is None:
-                    _end_groups([pid], lambda: not pid_alive(pid))
-                    message = self._read()
-                    message["timed_out"] = True
-            finally:
-                self.processes.finished(pid)
-            wall = time.perf_counter() - start
+            exit_status, wall, output = self.run(_pytest_args(project, key, report_path, extra_args), log, timeout)
             if self.processes.stopped:
                 raise GateInterrupted(f"{unit_name(key)}: gate stopped")
-            output = log.read_text(errors="replace") if log.exists() else ""
-            exit_status = message["exit_status"]
-            if message.get("timed_out"):
-                output, exit_status = f"{output[-4000:]}\ntimed out after {timeout:.0f} s", -1
             return _result(key, fingerprint, checked_at, wall, exit_status, report_path, output, import_seconds)
+
+    def run(self, args: list[str], log: Path, timeout: float) -> tuple[int, float, str]:
+        """Run ``pytest args`` in a forked child, its output in ``log``: (exit status, wall seconds, output);
+        status -1 when it ran past ``timeout`` seconds (then ended)."""
+        self.ready()
+        request = {"args": list(args), "log": str(log)}
+        start = time.perf_counter()
+        self.proc.stdin.write((json.dumps(request) + "\n").encode())
+        self.proc.stdin.flush()
+        pid = self._read()["pid"]
+        self.processes.track(pid)
+        try:
+            message = self._read(timeout)
+            if message is None:
+                _end_groups([pid], lambda: not pid_alive(pid))
+                message = self._read()
+                message["timed_out"] = True
+        finally:
+            self.processes.finished(pid)
+        wall = time.perf_counter() - start
+        output = log.read_text(errors="replace") if log.exists() else ""
+        exit_status = message["exit_status"]
+        if message.get("timed_out"):
+            output, exit_status = f"{output[-4000:]}\ntimed out after {timeout:.0f} s", -1
+        return exit_status, wall, output
 
     def close(self) -> None:
         """End the server (at the end of input it exits by itself) and remove its folder."""

@@ -26,7 +26,7 @@ SCHEMA = 1
 STATUSES = ("not-started", "failing", "passed", "stale")
 AUTHORED_FIELDS = ("topic", "module", "module_name", "group", "arena", "arena_url", "seed_code_path")
 MEASURED_FIELDS = ("status", "first_passed", "last_check", "tests_passed", "tests_failed",
-                   "tests_skipped", "gate_seconds", "fingerprint")
+                   "tests_skipped", "gate_seconds", "fingerprint", "gate_strength")
 
 # libyaml's C loader and dumper when present: 10× faster, same documents.
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -37,7 +37,8 @@ HEADER = """\
 # Authored fields (topic, module, module_name, group, arena, arena_url, seed_code_path) come from
 # the syllabus and may be edited by hand. Measured fields (status, first_passed, last_check,
 # tests_passed, tests_failed, tests_skipped, gate_seconds, fingerprint) are written by
-# `invoke publish` from the gate runs: do not edit them. The capstone has the same measured fields.
+# `invoke publish` from the gate runs, and gate_strength by `invoke mutate`: do not edit them. The
+# capstone has the same measured fields.
 """
 CAPSTONE_TITLE = "The Alignment Researcher's Gauntlet"
 
@@ -58,9 +59,13 @@ class Entry:
     tests_skipped: int = 0
     gate_seconds: float | None = None
     fingerprint: str | None = None
+    # `invoke mutate N`: single-line breaks of the exercises its gate caught, and the fingerprint measured on.
+    gate_strength: dict | None = None
 
     def to_yaml_dict(self) -> dict:
         d = asdict(self)
+        if d["gate_strength"] is None:
+            del d["gate_strength"]  # most units were never mutated: keep the ledger short
         d["first_passed"] = self.first_passed.isoformat() if self.first_passed else None
         d["last_check"] = self.last_check.isoformat(timespec="seconds") if self.last_check else None
         return d
@@ -159,8 +164,17 @@ def _check_measured(raw: dict, where: str, problems: list[str]) -> dict | None:
         problems.append(f"{where}: status 'passed' needs first_passed, a fingerprint, "
                         f"tests_passed > 0 and tests_failed = 0")
         return None
+    strength = raw.get("gate_strength")
+    if strength is not None:
+        ok = (isinstance(strength, dict) and set(strength) == {"caught", "total", "fingerprint"}
+              and all(isinstance(strength[k], int) and not isinstance(strength[k], bool) for k in ("caught", "total"))
+              and 0 <= strength["caught"] <= strength["total"] and isinstance(strength["fingerprint"], str))
+        if not ok:
+            problems.append(f"{where}: 'gate_strength' must be {{caught, total, fingerprint}} with "
+                            f"0 <= caught <= total, got {strength!r}")
+            return None
     values = {k: raw[k] for k in MEASURED_FIELDS if k in raw}
-    values.update(first_passed=first, last_check=last)
+    values.update(first_passed=first, last_check=last, gate_strength=strength)
     return values
 
 

@@ -188,6 +188,13 @@ def verified_box(project: Project, entry: Entry, gate: GateResult) -> str:
     for base, row in rows.items():
         label = f"`{base}`" + (f" ×{row['cases']}" if row["cases"] > 1 else "")
         lines.append(f"| {label} | {escape_markdown(row['doc'])} | {'<br>'.join(row['measured'])} |")
+    strength = getattr(entry, "gate_strength", None)
+    if strength and strength["fingerprint"] == gate.fingerprint:
+        lines += ["", f"Gate strength: {strength['caught']} of {strength['total']} single-line breaks of the "
+                      f"exercises caught (`invoke mutate {entry.key}`)."]
+    if isinstance(entry.key, int):
+        lines += ["", f"Do this day yourself: `invoke practice {entry.key}` writes it with the exercises emptied, "
+                      f"and `invoke practice {entry.key} --check` grades your version with this gate."]
     lines.append(":::")
     return "\n".join(lines) + "\n"
 

@@ -114,6 +114,14 @@ class ToyProject:
             ''') + body)
         return folder
 
+    def write_files(self, day: int, files: dict[str, str]) -> Path:
+        """A day made of exactly these files (and an empty __init__.py)."""
+        folder = self.day_dir(day)
+        folder.mkdir(parents=True)
+        for name, text in {"__init__.py": "", **files}.items():
+            (folder / name).write_text(text)
+        return folder
+
     def write_capstone(self, *, failing: bool = False) -> Path:
         """A toy capstone: one test file, a report citing a measured number, a result and a figure."""
         folder = self.root / "capstone"
