@@ -1,0 +1,1 @@
+"""Day 71: Threat Models (3.1 Intro to Evals)."""
