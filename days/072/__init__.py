@@ -1,0 +1,1 @@
+"""Day 72: Eval Specification Design (3.1 Intro to Evals)."""

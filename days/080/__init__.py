@@ -1,0 +1,1 @@
+"""Day 80: Agent Eval Suite (3.4 LLM Agents)."""
