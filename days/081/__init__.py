@@ -1,0 +1,1 @@
+"""Day 81: Evals + Interpretability Crossover (independent study)."""
