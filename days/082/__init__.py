@@ -1,0 +1,1 @@
+"""Day 82: Module 3 Review + Eval Report (independent study)."""
