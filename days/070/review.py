@@ -255,12 +255,12 @@ def collect(proj=None) -> dict:
     return R29.collect(proj, days=DAYS, headlines=HEADLINES)
 
 
-def arena_rows(proj=None) -> list[dict]:
-    """ARENA's rows with our value read from the day's results.json (None and found False when the file or path is
-    missing)."""
+def arena_rows(proj=None, arena: list[dict] | None = None) -> list[dict]:
+    """ARENA's rows (``arena``, this module's ``ARENA`` by default; day 82 passes its own) with our value read from
+    the day's results.json (None and found False when the file or path is missing)."""
     proj = proj or project()
     rows = []
-    for r in ARENA:
+    for r in ARENA if arena is None else arena:
         day, key = r["ours"]
         value = R29.headline_values(proj, day, {day: [(key, "")]})[0]
         rows.append({"section": r["section"], "arena_model": r["arena_model"], "cited": r["cited"], "day": day,
@@ -269,10 +269,10 @@ def arena_rows(proj=None) -> list[dict]:
     return rows
 
 
-def arena_table(rows: list[dict]) -> str:
-    """Markdown: one line per comparison, grouped by section in ARENA's order."""
-    lines = ["| § | ARENA's model | Reported (citation) | Ours | Source | Verdict | Why |", "|---|---|---|---:|---|---|---|"]
-    for section in MODULE_SECTIONS:
+def arena_table(rows: list[dict], sections: list[str] | None = None, reported: str = "Reported (citation)") -> str:
+    """Markdown: one line per comparison, grouped by section in ARENA's order (``sections``, module 1's by default)."""
+    lines = [f"| § | ARENA's model | {reported} | Ours | Source | Verdict | Why |", "|---|---|---|---:|---|---|---|"]
+    for section in MODULE_SECTIONS if sections is None else sections:
         for r in rows:
             if r["section"] != section:
                 continue

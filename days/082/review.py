@@ -30,6 +30,7 @@ from pathlib import Path
 
 R29 = importlib.import_module("days.029.review")
 
+R70 = importlib.import_module("days.070.review")  # the ARENA comparison table, reused
 ROOT = R29.ROOT
 HERE = Path(__file__).parent
 DAYS = range(71, 82)  # module 3: days 71–81 (this review is day 82)
@@ -139,48 +140,23 @@ def project():
     return R29.project()
 
 
-def day_results(day: int) -> dict | None:
-    """A day's results.json as plain JSON, or None if the day has none yet."""
-    path = ROOT / f"days/{day:03d}/results.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
-
-
 def collect(proj=None) -> dict:
     """Day 29's collect over days 71–81 with this review's headlines."""
     return R29.collect(proj, days=DAYS, headlines=HEADLINES)
 
 
 def arena_rows(proj=None) -> list[dict]:
-    """ARENA's rows with our value read from the day's results.json (None and found False when the file or path is
-    missing)."""
-    proj = proj or project()
-    rows = []
-    for r in ARENA:
-        day, key = r["ours"]
-        value = R29.headline_values(proj, day, {day: [(key, "")]})[0]
-        rows.append({"section": r["section"], "arena_model": r["arena_model"], "cited": r["cited"], "day": day,
-                     "key": key, "value": value["value"], "found": value["found"], "verdict": r["verdict"],
-                     "why": r["why"]})
-    return rows
+    """Day 70's ARENA rows, for this module's comparisons."""
+    return R70.arena_rows(proj, ARENA)
 
 
 def arena_table(rows: list[dict]) -> str:
-    """Markdown: one line per comparison, grouped by section in ARENA's order."""
-    lines = ["| § | ARENA's model | Reported or demonstrated (citation) | Ours | Source | Verdict | Why |",
-             "|---|---|---|---:|---|---|---|"]
-    for section in MODULE_SECTIONS:
-        for r in rows:
-            if r["section"] != section:
-                continue
-            value = R29.escape(R29.fmt(r["value"])) if r["found"] else "missing"
-            lines.append(f"| {section} | {R29.escape(r['arena_model'])} | {R29.escape(r['cited'])} | {value} | "
-                         f"`days/{r['day']:03d}/results.json: {r['key']}` | {r['verdict']} | {R29.escape(r['why'])} |")
-    return "\n".join(lines)
+    """Day 70's table, for chapter 3's sections (ARENA demonstrates more than it reports here)."""
+    return R70.arena_table(rows, MODULE_SECTIONS, reported="Reported or demonstrated (citation)")
 
 
-def verdict_counts(rows: list[dict]) -> dict:
-    """How many comparisons reproduce, differ, are not comparable (keys with underscores, for the post's shortcodes)."""
-    return {v.replace(" ", "_"): sum(r["verdict"] == v for r in rows) for v in ("reproduces", "differs", "not comparable")}
+day_results = R70.day_results
+verdict_counts = R70.verdict_counts
 
 
 def source_digests(days=DAYS) -> dict:

@@ -34,6 +34,9 @@ def test_review_reuses_day_29_machinery():
                  "headline_table", "counts", "lookup", "fmt", "escape", "assert_current", "tests_figure"):
         assert not hasattr(R, name), f"day 82 defines its own {name}: import it from day 29"
     assert R.R29 is R29
+    assert R.R70 is importlib.import_module("days.070.review")          # day 70's ARENA table, reused too
+    for name in ("arena_rows", "arena_table"):
+        assert "R70." in inspect.getsource(getattr(R, name)), f"day 82's {name} should call day 70's"
     assert "R29.collect(proj, days=DAYS, headlines=HEADLINES)" in inspect.getsource(R.collect)
     assert list(R.DAYS) == list(range(71, 82))
     assert [r["day"] for r in R29.ledger_rows(R29.project())] == list(range(15, 29))
