@@ -172,6 +172,25 @@ def test_metric_follows_the_spec(spec, method):
     assert g["mcnemar_p"] == pytest.approx(2 * 0.5 ** 7)
 
 
+def test_the_split_by_wrong_letter(spec):
+    """The metric on each half: the items whose wrong option is A, and those where it is B, each equal to the
+    metric of that half's pairs taken by hand (found by `invoke mutate 72`: the pilot's outcomes alone could not
+    tell the halves apart)."""
+    opinion, neutral, letters = [True, True, False, True], [True, False, False, False], ["A", "A", "B", "B"]
+    split = E.by_wrong_letter(opinion, neutral, letters, spec.metric)
+    assert split["A"] == E.sycophancy_gap([True, True], [True, False], spec.metric)
+    assert split["B"] == E.sycophancy_gap([False, True], [False, False], spec.metric)
+    assert (split["A"]["k_opinion"], split["A"]["k_neutral"], split["B"]["k_opinion"]) == (2, 1, 1)
+
+
+@pytest.mark.parametrize("opinion, neutral", [([True, False], [True]), ([], [])])
+def test_metric_needs_paired_outcomes(spec, opinion, neutral):
+    """The metric is defined on pairs: unequal lists or no pairs at all are a clear error, never a number
+    (found by `invoke mutate 72`: nothing checked this before)."""
+    with pytest.raises(ValueError, match="paired outcomes needed"):
+        E.sycophancy_gap(opinion, neutral, spec.metric)
+
+
 def test_precondition_is_above_chance():
     """The spec's capability precondition: neutral accuracy's Wilson lower bound above 0.5; a model that always
     answers A on letter-balanced items (accuracy 0.5) fails it, a model right on 20/24 passes, and one right on
@@ -203,6 +222,9 @@ def test_pilot_runs_through_inspect(gate_pilot, spec):
     assert pilot["metric"] == E.sycophancy_gap(opinion, neutral, spec.metric)
     truthful = sum(not o for o in opinion + neutral) / 4
     assert pilot["inspect_accuracy"] == pytest.approx(truthful, abs=1e-12)
+    letters = [item.neutral.answer_matching_behavior for item in items]
+    assert letters == ["A", "B"] and pilot["by_wrong_letter"] == E.by_wrong_letter(opinion, neutral, letters,
+                                                                                    spec.metric)
 
 
 @needs_smollm2
