@@ -287,6 +287,48 @@ def verdict_counts(rows: list[dict]) -> dict:
     return {v.replace(" ", "_"): sum(r["verdict"] == v for r in rows) for v in ("reproduces", "differs", "not comparable")}
 
 
+def arena_row_problems(arena: list[dict], sections: list[str], ledger_days: dict[int, dict]) -> list[str]:
+    """What is wrong with a review's ARENA rows: a section with no row or a row outside ``sections``, a row whose day
+    belongs to another ARENA section (the ledger's ``arena`` field), a verdict outside the three, an empty citation,
+    reason or model. Empty when the rows are sound."""
+    problems = []
+    if {r["section"] for r in arena} != set(sections):
+        problems.append(f"sections with rows {sorted({r['section'] for r in arena})} are not {sections}")
+    for r in arena:
+        day = r["ours"][0]
+        own = (ledger_days[day].get("arena") or "").split()[:1]
+        if own != [r["section"]]:
+            problems.append(f"day {day} is {ledger_days[day].get('arena')}, not {r['section']}")
+        if r["verdict"] not in ("reproduces", "differs", "not comparable"):
+            problems.append(f"day {day}: verdict {r['verdict']!r}")
+        if not (r["cited"] and r["why"] and r["arena_model"]):
+            problems.append(f"day {day}: a row without its citation, reason or model")
+    return problems
+
+
+def verdicts_figure(rows: list[dict], sections: list[str], path: Path, module: str, height: float) -> None:
+    """Stacked bars: per ARENA section, how many comparisons reproduce, differ, are not comparable."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, height))
+    colours = {"reproduces": "tab:green", "differs": "tab:orange", "not comparable": "tab:gray"}
+    for i, section in enumerate(sections):
+        left = 0
+        for v, c in colours.items():
+            n = sum(r["section"] == section and r["verdict"] == v for r in rows)
+            ax.barh(i, n, left=left, color=c, label=v if i == 0 else None)
+            left += n
+    ax.set_yticks(range(len(sections)), sections)
+    ax.invert_yaxis()
+    ax.set_xlabel("comparisons with ARENA's result")
+    ax.set_title(f"{module} against ARENA, section by section", fontsize=10)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3, axis="x")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 # ---------------------------------------------------------------- practice problems on our own toys
 
 B = None  # day 60's module, imported on first use (importing it loads TransformerLens)
@@ -435,7 +477,6 @@ def checkpoint_bytes() -> dict:
 def run_experiment(out_dir: Path = HERE) -> dict:
     """Collect the sources with day 29's machinery, build its three tables and the ARENA table, answer the practice
     problems, draw the tests-per-day figure and the verdicts figure, write results.json."""
-    import matplotlib.pyplot as plt
 
     out_dir = Path(out_dir)
     (out_dir / "figures").mkdir(parents=True, exist_ok=True)
@@ -446,23 +487,7 @@ def run_experiment(out_dir: Path = HERE) -> dict:
     R29.tests_figure(days, out_dir / "figures/module1_tests.png", "Module 1: what each day's gate checks")
 
     verdicts = verdict_counts(rows)
-    fig, ax = plt.subplots(figsize=(9, 3.2))
-    colours = {"reproduces": "tab:green", "differs": "tab:orange", "not comparable": "tab:gray"}
-    for i, section in enumerate(MODULE_SECTIONS):
-        left = 0
-        for v, c in colours.items():
-            n = sum(r["section"] == section and r["verdict"] == v for r in rows)
-            ax.barh(i, n, left=left, color=c, label=v if i == 0 else None)
-            left += n
-    ax.set_yticks(range(len(MODULE_SECTIONS)), MODULE_SECTIONS)
-    ax.invert_yaxis()
-    ax.set_xlabel("comparisons with ARENA's result")
-    ax.set_title("Module 1 against ARENA, section by section", fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3, axis="x")
-    fig.tight_layout()
-    fig.savefig(out_dir / "figures/module1_verdicts.png", dpi=120)
-    plt.close(fig)
+    verdicts_figure(rows, MODULE_SECTIONS, out_dir / "figures/module1_verdicts.png", "Module 1", height=3.2)
 
     results = {
         "days": days,

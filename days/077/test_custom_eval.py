@@ -56,7 +56,7 @@ def _scripted(pick, seen: list | None = None):
 
     def output(messages, tools, tool_choice, config):
         if seen is not None:
-            seen.append([(m.role, m.text) for m in messages])
+            seen.append((bool(config.logprobs), [(m.role, m.text) for m in messages]))
         letter = pick(_options(messages))
         if config.logprobs:
             top = [(f" {L}", -1.0 - 0.5 * (L != letter) - 0.01 * i) for i, L in enumerate("ABCD")]
@@ -111,10 +111,16 @@ def test_a_model_that_reads_the_options_matches_in_every_cell(tmp_path):
     cells = C.sweep_grid()
     summaries = _run(cells, _scripted(pick, seen), tmp_path)
     assert all(s[name]["k"] == 12 for s in summaries for name in C.SCORERS), [s["cell"] for s in summaries]
-    direct_gen = [m for m in seen if len(m) <= 3 and "Think about" not in m[-1][1]]
-    assert direct_gen, "no direct prompt seen"
-    assert any("Think about the following question" in m[-1][1] for m in seen)
-    assert any("Please make a choice" in m[-1 if m[-1][0] == "user" else -2][1] for m in seen)
+    def questions(logprobs: bool) -> set[str]:
+        """The question prompts (the first user turn) of the direct cells, for one answering method."""
+        firsts = {next(t for r, t in m if r == "user") for lp, m in seen if lp == logprobs}
+        return {t for t in firsts if not t.startswith("Think about")}
+
+    assert questions(True) == questions(False) and len(questions(True)) > 12   # 12 records, ordered and shuffled
+    assert all(q.lstrip().startswith("Answer the following multiple choice question") for q in questions(True))
+    cot = [m for _, m in seen if any("Please make a choice" in t for _, t in m)]
+    assert cot and all(next(t for r, t in m if r == "user").startswith("Think about the following question")
+                       for m in cot)
 
 
 # ---------------------------------------------------------------------------------------------------- statistics

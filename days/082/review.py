@@ -260,28 +260,6 @@ def log_totals(rows: list[dict], days=DAYS) -> dict:
 # ---------------------------------------------------------------- the experiment
 
 
-def _verdicts_figure(rows: list[dict], path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(9, 2.6))
-    colours = {"reproduces": "tab:green", "differs": "tab:orange", "not comparable": "tab:gray"}
-    for i, section in enumerate(MODULE_SECTIONS):
-        left = 0
-        for v, c in colours.items():
-            n = sum(r["section"] == section and r["verdict"] == v for r in rows)
-            ax.barh(i, n, left=left, color=c, label=v if i == 0 else None)
-            left += n
-    ax.set_yticks(range(len(MODULE_SECTIONS)), MODULE_SECTIONS)
-    ax.invert_yaxis()
-    ax.set_xlabel("comparisons with ARENA's result")
-    ax.set_title("Module 3 against ARENA, section by section", fontsize=10)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3, axis="x")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def _logs_figure(rows: list[dict], path: Path) -> None:
     """Each log's headline metric with ±1.96 × Inspect's standard error (a normal interval, clipped to [0, 1] for a
     proportion; none where the scorer reports no stderr)."""
@@ -322,7 +300,7 @@ def run_experiment(out_dir: Path = HERE) -> dict:
     rows = arena_rows()
     logs = log_rows()
     R29.tests_figure(days, out_dir / "figures/module3_tests.png", "Module 3: what each day's gate checks")
-    _verdicts_figure(rows, out_dir / "figures/module3_verdicts.png")
+    R70.verdicts_figure(rows, MODULE_SECTIONS, out_dir / "figures/module3_verdicts.png", "Module 3", height=2.6)
     _logs_figure(logs, out_dir / "figures/module3_logs.png")
 
     results = {
