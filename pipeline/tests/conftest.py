@@ -30,7 +30,7 @@ def fresh_ledger_text() -> str:
     for entry in ledger.units():
         entry.status, entry.first_passed, entry.last_check = "not-started", None, None
         entry.tests_passed = entry.tests_failed = entry.tests_skipped = 0
-        entry.gate_seconds = entry.fingerprint = None
+        entry.gate_seconds = entry.fingerprint = entry.gate_strength = None
     return ledger_io.dumps(ledger)
 
 
