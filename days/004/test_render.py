@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from scipy.spatial import ConvexHull
 from scipy.spatial.transform import Rotation
 
 from checks import assert_parity
@@ -77,6 +78,25 @@ def test_hand_solved_triangle_cases(O, D, expected, suv, case):
     assert hit.item() is expected
     if suv is not None:
         assert (s.item(), u.item(), v.item()) == pytest.approx(suv, abs=1e-14)
+
+
+@pytest.mark.parametrize("scale, offset", [(2.0**-20, (5.0, -2.0, 7.0)), (2.0**20, (-3.0, 1.0, 0.5))])
+def test_hand_cases_hold_in_any_frame(scale, offset):
+    """Whether a ray hits a triangle, and where (s, u, v), does not depend on the frame: move and
+    scale the whole scene (points p → c·p + t, directions D → c·D) and every hand case gives the
+    same answer. This is what makes the parallel test relative (|det| against |D||E1 × E2|)."""
+    t = torch.tensor(offset, dtype=F64)
+    A, B, C = (scale * p + t for p in TRIANGLE)
+    grazing = ((2 - 1e-7, 0.2, 0.1), (1e-6, 0, 1), True, None, "grazing: 1e-6 rad off the plane, far above roundoff")
+    for O, D, expected, suv, case in HAND_CASES + [grazing]:
+        O = scale * torch.tensor(O, dtype=F64) + t
+        D = scale * torch.tensor(D, dtype=F64)
+        assert R.triangle_ray_intersects(A, B, C, O, D) is expected, case
+        s, u, v, hit = R.moller_trumbore(O, D, A, B, C)
+        assert hit.item() is expected, case
+        if suv is not None:   # O − A cancels: its rounding is eps·|t| against a scene of size c
+            tol = 16 * torch.finfo(F64).eps * (1 + t.abs().max().item() / scale)
+            assert (s.item(), u.item(), v.item()) == pytest.approx(suv, abs=tol), case
 
 
 def per_pair_solve(rays, triangles):
@@ -177,6 +197,14 @@ def test_sphere_silhouette_area_is_pi_r_squared(sphere, measure):
     measure("sphere.inradius", r_in)
     assert 0.98 < r_in < 1
     assert math.pi * r_in**2 - pixel_bound <= area <= math.pi + pixel_bound
+    # silhouette_area reports the same count and the same bounds, and the inradius the convex hull gives
+    reported = R.silhouette_area(2, SPHERE_PIXELS, SPHERE_HALF_WIDTH)
+    vertices, _ = R.icosphere(2)
+    hull_inradius = -ConvexHull(vertices.numpy()).equations[:, -1].max()
+    assert reported["area"] == area and reported["relative_error"] == abs(area - math.pi) / math.pi
+    assert reported["inradius"] == pytest.approx(hull_inradius, rel=1e-12) == pytest.approx(r_in, rel=1e-12)
+    assert reported["pixel_error_bound"] == pytest.approx(pixel_bound, rel=1e-12)
+    assert reported["mesh_error_bound"] == pytest.approx(math.pi * (1 - r_in**2), rel=1e-12)
 
 
 def test_sphere_silhouette_equals_2d_projection(sphere, measure):
@@ -307,7 +335,9 @@ def test_results_json_is_current(committed, measure):
     shifting the grid by 1e-6 in any direction changes no hit) times pitch² in Python floats;
     the inradius is a minimum of float64 dot products of unit normals (float_ops(32))."""
     results = committed
-    assert results["render"]["n_triangles"] == len(R.demo_scene())
+    scene = R.demo_scene()
+    assert results["render"]["n_triangles"] == len(scene)
+    assert (scene[..., 0] > 0).all()                            # the whole scene is in front of x = 0
     recorded = results["silhouette_by_subdivisions"]["1"]
     now = R.silhouette_area(1, recorded["num_pixels"])
     assert_reproduces(now["area"], recorded["area"],
