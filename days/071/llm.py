@@ -142,7 +142,7 @@ def _load_smollm2():
     return hf_model("smollm2")
 
 
-def _left_padded_batch(tok, conversations: list[list[dict]]):
+def left_padded_batch(tok, conversations: list[list[dict]]):
     """Render each conversation with the chat template (a final assistant message is continued, a
     prefill; otherwise a generation prompt is added) and tokenize them left-padded into one batch."""
     prompts = []
@@ -168,7 +168,7 @@ def smollm2_generate(conversations: list[list[dict]], *, max_tokens: int = 64, t
     from checks.timing import single_thread
 
     model, tok = _load_smollm2()
-    batch = _left_padded_batch(tok, conversations)
+    batch = left_padded_batch(tok, conversations)
     kwargs: dict[str, Any] = dict(max_new_tokens=max_tokens, pad_token_id=tok.pad_token_id)
     if temperature and temperature > 0:
         torch.manual_seed(seed)
@@ -498,13 +498,13 @@ def _api_call_with_tools(provider, client, model, messages, tools, tool_choice, 
 # Inspect provider for the local SmolLM2
 # ---------------------------------------------------------------------------------------------
 
-def _smollm2_next_token_logprobs(conversations: list[list[dict]], k: int) -> list[list[tuple[str, float]]]:
+def smollm2_next_token_logprobs(conversations: list[list[dict]], k: int) -> list[list[tuple[str, float]]]:
     """Top-k (token text, log-probability) of the next token after each rendered conversation."""
     import torch
     from checks.timing import single_thread
 
     model, tok = _load_smollm2()
-    batch = _left_padded_batch(tok, conversations)
+    batch = left_padded_batch(tok, conversations)
     # Left padding: positions count real tokens only (as generate does), so a padded prompt sees the
     # same rotary positions as the unpadded one.
     position_ids = (batch["attention_mask"].cumsum(-1) - 1).clamp(min=0)
@@ -683,7 +683,7 @@ def _register_provider():
             """One batch (in a worker thread): the next token's top log-probs, or greedy replies."""
             max_tokens, want_lp, k, temperature, stops = key
             if want_lp:
-                return [(top[0][0], top_logprobs_object(top)) for top in _smollm2_next_token_logprobs(convs, k)]
+                return [(top[0][0], top_logprobs_object(top)) for top in smollm2_next_token_logprobs(convs, k)]
             texts = smollm2_generate(convs, max_tokens=max_tokens, temperature=temperature,
                                      stop_sequences=list(stops))
             return [(t, None) for t in texts]

@@ -1,0 +1,1 @@
+"""Day 83: Emergent Misalignment Study (4.1 Emergent Misalignment)."""

@@ -1,0 +1,1 @@
+"""Day 85: Mitigation Experiments (4.1 Emergent Misalignment)."""
