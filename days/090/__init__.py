@@ -1,0 +1,1 @@
+"""Day 90: Persona Vector Extraction (4.4 Persona Vectors)."""
