@@ -1,0 +1,1 @@
+"""Day 93: Automated Investigation Experiments (4.5 Investigator Agents)."""

@@ -1,0 +1,1 @@
+"""Day 94: Investigator Agent Evaluation (4.5 Investigator Agents)."""
