@@ -116,6 +116,11 @@ def judge_agreement(labels: list[bool], truth: list[bool]) -> dict:
             "false_neg": sum(y and not x for x, y in zip(labels, truth)), "base_rate": sum(truth) / len(truth)}
 
 
+def load_day93(day93: Path = DAY93) -> dict:
+    """Day 93's committed results: its config (the quirks) and every run's row."""
+    return json.loads((Path(day93) / "results.json").read_text())
+
+
 def load_transcripts(path: Path = DAY93 / "transcripts.json") -> list[A.Transcript]:
     """Day 93's stored transcripts as day 92's Transcript objects."""
     return [A.Transcript(d["auditor"], d["quirk"], d["log"], [tuple(h) for h in d["hypotheses"]], d["seconds"])
@@ -158,7 +163,7 @@ def run_experiment(out_dir: Path = HERE, day93: Path = DAY93, reuse_judge: bool 
     start, cpu = time.perf_counter(), time.process_time()
     out_dir = Path(out_dir)
     (out_dir / "figures").mkdir(parents=True, exist_ok=True)
-    d93 = json.loads((Path(day93) / "results.json").read_text())
+    d93 = load_day93(day93)
     rows, quirks = d93["runs"], d93["config"]["quirks"]
     if reuse_judge:
         judged = json.loads((out_dir / "results.json").read_text())["judge"]["scores"]

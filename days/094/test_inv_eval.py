@@ -123,9 +123,7 @@ def test_committed_evaluation_is_recomputed_from_day_93(committed):
     """results.json is this module's evaluation of day 93's committed runs: the rates, comparison and false alarms
     recomputed now from day 93's results.json (counts: exact; intervals: a few float64 operations), and the
     judge's agreement recomputed from the committed judge labels."""
-    import json
-
-    rows = json.loads((V.DAY93 / "results.json").read_text())["runs"]
+    rows = V.load_day93()["runs"]
     assert committed["n_runs"] == len(rows), exact("counts")
     now = V.discovery_rates(rows)
     tol = float_ops(50)
