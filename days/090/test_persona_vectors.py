@@ -33,9 +33,14 @@ pytestmark = pytest.mark.asset("smollm2-135m-instruct")
 fixtures = importlib.import_module("days.035.fixtures")
 one_thread_module = fixtures.one_thread_module
 
-DIALOGUES = [P.chat(D.PERSONAS["pirate"], "How would you describe yourself?", "Arr, I be a salty old sea dog!"),
-             P.chat(None, "How would you describe yourself?", "I am a helpful assistant who answers questions."),
-             P.chat(D.PERSONAS["robot"], "What matters most to you?", "EFFICIENCY. COMPLIANCE. OIL.")]
+
+
+def dialogues() -> list:
+    """Three test dialogues, built when a test asks (not at import: in a practice copy `chat` is an exercise, and a
+    stub called at import would hide every other test behind one collection error)."""
+    return [P.chat(D.PERSONAS["pirate"], "How would you describe yourself?", "Arr, I be a salty old sea dog!"),
+            P.chat(None, "How would you describe yourself?", "I am a helpful assistant who answers questions."),
+            P.chat(D.PERSONAS["robot"], "What matters most to you?", "EFFICIENCY. COMPLIANCE. OIL.")]
 
 
 @pytest.fixture(scope="module")
@@ -59,10 +64,11 @@ def test_response_activations_equal_each_dialogue_run_alone(smol, measure):
     the response span found from the chat template's generation prompt."""
     hf, tok = smol
     layers = [0, 7, 15, 30]
-    got = P.response_activations(DIALOGUES, layers, "smollm2", chunk=2)
+    chats = dialogues()
+    got = P.response_activations(chats, layers, "smollm2", chunk=2)
     assert got.shape == (3, 4, hf.config.hidden_size)
     worst = 0.0
-    for i, d in enumerate(DIALOGUES):
+    for i, d in enumerate(chats):
         prefix = tok.apply_chat_template(d[:-1], tokenize=False, add_generation_prompt=True)
         ids = tok(prefix + d[-1]["content"], return_tensors="pt").input_ids
         start = len(tok(prefix).input_ids)
