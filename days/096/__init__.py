@@ -1,0 +1,1 @@
+"""Day 96: Deep Dive: Scalable Oversight (independent research: weak-to-strong generalization)."""
