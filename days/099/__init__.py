@@ -1,0 +1,1 @@
+"""Day 99: Full Curriculum Review + Research Gaps (independent research)."""

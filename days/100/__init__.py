@@ -1,0 +1,1 @@
+"""Day 100: Capstone: Research Proposal (independent research)."""
