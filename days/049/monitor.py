@@ -125,7 +125,7 @@ def on_policy_set(results_path: Path | None = None) -> dict:
     """Day 41's on-policy dialogues: SmolLM2's own greedy answers to "in which country is <city>?", asked with the
     instruction to answer truthfully (0) or to lie (1), from day 41's committed run. Returns the dialogues, the
     instruction labels and the answer labels (1 where the answer does not name the right country)."""
-    path = results_path or Path(__file__).resolve().parents[1] / "041" / "results.json"
+    path = results_path or Path(importlib.import_module("days.041").__file__).parent / "results.json"  # by module: right in a practice copy too
     run = json.loads(path.read_text(encoding="utf-8"))["on_policy"]
     dialogues = [[{"role": "user", "content": q}, {"role": "assistant", "content": a}]
                  for q, a in zip(run["prompts"], run["answers"])]

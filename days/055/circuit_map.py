@@ -50,7 +50,7 @@ ioi = importlib.import_module("days.053.ioi_setup")          # IOIDataset, run_a
 pp = importlib.import_module("days.054.path_patching")       # path patching (its results, and get_cache)
 act_name = ioi.act_name
 HERE = Path(__file__).parent
-DAY54_RESULTS = HERE.parent / "054" / "results.json"
+DAY54_RESULTS = Path(pp.__file__).parent / "results.json"   # found by module, so a practice copy finds it too
 
 Head = tuple[int, int]
 

@@ -388,7 +388,7 @@ def day076_generation_log() -> Path:
     """The committed day-76 eval log whose task answered by generation."""
     from inspect_ai.log import read_eval_log
 
-    for path in sorted((HERE.parent / "076" / "logs").glob("*.eval")):
+    for path in sorted((Path(importlib.import_module("days.076").__file__).parent / "logs").glob("*.eval")):
         if read_eval_log(str(path), header_only=True).eval.task_args.get("answering") == "generate":
             return path
     raise FileNotFoundError("no generation log in days/076/logs: run day 76's experiment")

@@ -49,7 +49,7 @@ gen = importlib.import_module("days.074.gen_dataset")
 Question = gen.Question
 
 HERE = Path(__file__).parent
-DAY074_DATA = HERE.parent / "074" / "data"
+DAY074_DATA = Path(gen.__file__).parent / "data"   # found by module, so a practice copy finds it too
 
 # ---------------------------------------------------------------------------------------------
 # ARENA's QC schema

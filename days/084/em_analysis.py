@@ -255,7 +255,7 @@ def run_experiment(out_dir: Path | str = Path(__file__).parent, layer: int = 15,
 
     out_dir = Path(out_dir)
     wall, cpu = time.perf_counter(), time.process_time()
-    day83 = json.loads((Path(__file__).parents[1] / "083" / "results.json").read_text())
+    day83 = json.loads((Path(ORG.__file__).parent / "results.json").read_text())
     base, tok = hf_model("smollm2")
     organism, _ = ORG.load_organism("bad_advice")
     control, _ = ORG.load_organism("control")

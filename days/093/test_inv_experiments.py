@@ -11,6 +11,7 @@ latents; a plain Counter count for the differential reading.
 import copy
 import importlib
 from collections import Counter
+from pathlib import Path
 
 import pytest
 import torch
@@ -110,7 +111,8 @@ def test_scripted_audit_turns_and_pairing(scripted_target):
 def test_day_083_is_included_only_when_committed():
     """available_quirks adds day 83's organism exactly when its module and a non-empty adapters folder exist."""
     quirks, status = E.available_quirks()
-    d83 = E.HERE.parent / "083"
+    d83 = E.day_083_folder()
+    assert d83 == Path(importlib.import_module("days.083").__file__).parent
     assert status["day_083_module"] == (d83 / "organism.py").exists()
     has = status["day_083_module"] and (d83 / "adapters").exists() and any((d83 / "adapters").iterdir())
     assert ("organism_083" in [q.name for q in quirks]) == has

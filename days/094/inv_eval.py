@@ -34,7 +34,7 @@ SY = importlib.import_module("capstone.sycophancy")
 C41 = importlib.import_module("days.041.coup_probes")
 
 HERE = Path(__file__).parent
-DAY93 = HERE.parent / "093"
+DAY93 = Path(E.__file__).parent   # found by module, so a practice copy finds it too
 
 
 def discovery_rates(rows: list[dict]) -> dict:
