@@ -1,0 +1,1 @@
+"""Day 95: Deep Dive: Deceptive Alignment (Independent research)."""
