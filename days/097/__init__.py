@@ -1,0 +1,1 @@
+"""Day 97: Independent Experiment — Design + Run (Independent research)."""

@@ -1,0 +1,1 @@
+"""Day 98: Independent Experiment — Analysis (Independent research)."""
