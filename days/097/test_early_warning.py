@@ -160,8 +160,8 @@ def test_whitebox_score_is_the_projected_shift():
 def test_tiny_end_to_end_run(tiny, prereg):
     """Spec: "a tiny end-to-end run of the pipeline": results.json and the figure written, the preregistration's
     hash and commit recorded, the overrides recorded, the base's shift exactly 0, flags = day 83's rule on replies."""
-    res, out = tiny
-    assert (out / "results.json").exists() and (out / "figures" / "scores.png").exists()
+    res, tmp_path = tiny                     # the run's scratch folder, not the committed results
+    assert (tmp_path / "results.json").exists() and (tmp_path / "figures" / "scores.png").exists()
     assert res["prereg"]["sha256"] == E.prereg_sha256() and res["prereg"]["commit"] == E.prereg_commit()
     assert res["overrides"]["n"] == 2 and res["prompts"]["primary"] == E.prompt_sets(prereg)["primary"][:2]
     row = res["raw"]["primary"]
