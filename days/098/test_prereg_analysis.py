@@ -115,6 +115,7 @@ def test_aurocs_and_bootstrap_intervals_against_references(committed, prereg):
     tol = Tolerance("a mean of 2304 comparisons in float64", abs=float_ops(2304).rel)
     assert_reproduces(committed["confirmatory"]["H1"]["auroc"], auc, tol, name="auroc")
     idx = P.resample_indices(len(pos), 300, b["seed"])
+    assert idx.shape == (300, len(pos)) and set(np.unique(idx)) == set(range(len(pos)))   # with replacement, all n
     loop = [roc_auc_score([1] * len(pos) + [0] * len(neg), np.concatenate([pos[i], neg[i]])) for i in idx]
     np.testing.assert_allclose(P.bootstrap_aurocs(pos, neg, 300, b["seed"]), loop, rtol=1e-12)
     g = np.random.default_rng(3)                                  # coarse scores: many ties, which count one half
@@ -172,6 +173,14 @@ def test_holm_against_statsmodels(committed, prereg):
     got = P.holm({"a": 0.01, "b": 0.04, "c": 0.03}, 0.05)
     ref = multipletests([0.01, 0.04, 0.03], alpha=0.05, method="holm")
     assert [got[k]["p_holm"] for k in "abc"] == pytest.approx(list(ref[1]))
+    # Adjusted p is capped at 1 (statsmodels too), and the decision is the preregistration's strict "adjusted p <
+    # alpha": at adjusted p == alpha exactly (2 × 0.25 = 0.5 in binary) it does not support the hypothesis.
+    big = P.holm({"a": 0.4, "b": 0.7, "c": 0.9}, 0.05)
+    assert [big[k]["p_holm"] for k in "abc"] == pytest.approx(list(multipletests([0.4, 0.7, 0.9], method="holm")[1]))
+    assert max(v["p_holm"] for v in big.values()) == 1.0
+    edge = P.holm({"a": 0.25, "b": 0.75}, 0.5)
+    assert edge["a"]["p_holm"] == 0.5 and edge["a"]["reject"] is False
+    assert "< alpha" in prereg["hypotheses"][0]["decision_rule"]
 
 
 def test_robustness_checks_present_and_agreement_computed(committed):
