@@ -144,7 +144,7 @@ def practice(c, day, into=None, check=False, use_mine=""):
             "force": "measure again even if the day's fingerprint has a cached measurement"})
 def mutate(c, day, limit=None, force=False):
     """Gate strength: break single lines of the day's exercises and count how many breaks its gate catches."""
-    from pipeline.mutate import DEFAULT_LIMIT, measure_gate_strength, record
+    from pipeline.mutate import DEFAULT_LIMIT, JUDGEMENTS_FILE, judge_survivors, measure_gate_strength, record
 
     def progress(i, n, mutant, caught):
         mark = "[green]caught[/]" if caught else "[red]survived[/]"
@@ -158,11 +158,23 @@ def mutate(c, day, limit=None, force=False):
     cached_note = " (cached for this fingerprint)" if result.get("from_cache") else f" in {result['seconds']:.0f} s"
     console.print(f"Day {result['day']}: gate strength {result['caught']} of {result['total']} single-line breaks "
                   f"caught{cached_note}; {result['candidates']} possible breaks in its exercises.", highlight=False)
-    for s in result["survivors"]:
-        console.print(f"  survived: {s['module']}:{s['line']} {s['qualname']}: {s['change']} "
-                      "(a missing test, or an equivalent mutant?)", highlight=False)
     if not recorded:
         console.print("[yellow]the day changed while it was measured: not written to the ledger[/]")
+        return
+    equivalent, still_open, unused = judge_survivors(PROJECT, result)
+    for s in equivalent:
+        console.print(f"  equivalent: {s['module']}:{s['line']} {s['qualname']}: {s['change']} ({s['why']})",
+                      highlight=False)
+    for s in still_open:
+        console.print(f"  survived: {s['module']}:{s['line']} {s['qualname']}: {s['change']} "
+                      f"(a missing test, or an equivalent mutant? Judge it in {JUDGEMENTS_FILE})", highlight=False)
+    for j in unused:
+        console.print(f"[yellow]  unused verdict in {JUDGEMENTS_FILE}: {j.module} {j.qualname}: {j.change} on "
+                      f"`{j.code}` matches no survivor (the line changed, or the gate now catches it)[/]",
+                      highlight=False)
+    if equivalent:
+        console.print(f"Non-equivalent breaks caught: {result['caught']} of {result['total'] - len(equivalent)}.",
+                      highlight=False)
 
 
 @task(help={"day": "the day number, 1 to 100, or 'capstone'"})

@@ -166,12 +166,17 @@ def _check_measured(raw: dict, where: str, problems: list[str]) -> dict | None:
         return None
     strength = raw.get("gate_strength")
     if strength is not None:
-        ok = (isinstance(strength, dict) and set(strength) == {"caught", "total", "fingerprint"}
-              and all(isinstance(strength[k], int) and not isinstance(strength[k], bool) for k in ("caught", "total"))
-              and 0 <= strength["caught"] <= strength["total"] and isinstance(strength["fingerprint"], str))
+        counts = ("caught", "total", "equivalent")
+        ok = (isinstance(strength, dict)
+              and {"caught", "total", "fingerprint"} <= set(strength) <= {*counts, "fingerprint"}
+              and all(isinstance(strength[k], int) and not isinstance(strength[k], bool)
+                      for k in counts if k in strength)
+              and 0 <= strength["caught"] <= strength["caught"] + strength.get("equivalent", 0) <= strength["total"]
+              and strength.get("equivalent", 0) >= 0 and isinstance(strength["fingerprint"], str))
         if not ok:
-            problems.append(f"{where}: 'gate_strength' must be {{caught, total, fingerprint}} with "
-                            f"0 <= caught <= total, got {strength!r}")
+            problems.append(f"{where}: 'gate_strength' must be {{caught, total, fingerprint}} (and optionally "
+                            f"equivalent) with 0 <= caught, 0 <= equivalent, caught + equivalent <= total, "
+                            f"got {strength!r}")
             return None
     values = {k: raw[k] for k in MEASURED_FIELDS if k in raw}
     values.update(first_passed=first, last_check=last, gate_strength=strength)

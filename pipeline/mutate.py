@@ -10,6 +10,13 @@ change) for the author to judge: a missing test, or an equivalent mutant (one th
 thing). Results are cached in ``.gate/mutants/NNN.json`` by the day's fingerprint, and ``record``
 writes ``caught``/``total`` with that fingerprint into the ledger, where the post's Verified box
 reads it while the fingerprint is current.
+
+An author's verdict that a survivor is equivalent goes into ``equivalent_mutants.yml`` at the project's root,
+with the reason a reviewer can check. A verdict names the line by its text, not its number, so an edit to that
+line voids it (it is then reported as unused); ``record`` writes how many survivors it matches beside the count,
+and the Verified box reports the share of non-equivalent breaks caught. The file is outside every fingerprint on
+purpose: judging a survivor changes no day, so it needs no new measurement (``invoke mutate N`` re-records from
+the cache).
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 import libcst as cst
+import yaml
 from libcst.metadata import MetadataWrapper, PositionProvider
 
 from pipeline import ledger as ledger_io
@@ -34,6 +42,8 @@ from pipeline.project import Project, day_dir_name, parse_day
 
 DEFAULT_LIMIT = 25
 SEED = 20261207
+JUDGEMENTS_FILE = "equivalent_mutants.yml"
+_JUDGEMENT_KEYS = ("day", "module", "qualname", "change", "code", "why")
 
 _BINARY = {cst.Add: cst.Subtract, cst.Subtract: cst.Add, cst.Multiply: cst.Divide, cst.Divide: cst.Multiply,
            cst.FloorDivide: cst.Multiply, cst.Modulo: cst.FloorDivide, cst.Power: cst.Multiply}
@@ -275,14 +285,78 @@ def measure_gate_strength(project: Project, day, limit: int = DEFAULT_LIMIT, *, 
     return result
 
 
+@dataclass(frozen=True)
+class Judgement:
+    """An author's verdict that one surviving mutant computes the same thing as the reference."""
+    day: int
+    module: str
+    qualname: str
+    change: str   # as the survivor lists it, e.g. "`<` → `<=`"
+    code: str     # the reference's line, stripped: the verdict holds only while the line reads so
+    why: str      # the argument a reviewer can check
+
+
+def load_judgements(project: Project) -> list[Judgement]:
+    """The verdicts in ``equivalent_mutants.yml`` (none when the file does not exist); a malformed file or entry
+    is a clear error naming it."""
+    path = project.root / JUDGEMENTS_FILE
+    if not path.exists():
+        return []
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or []
+    except yaml.YAMLError as error:
+        raise PracticeError(f"{JUDGEMENTS_FILE} is not valid YAML: {error}") from None
+    if not isinstance(data, list):
+        raise PracticeError(f"{JUDGEMENTS_FILE} must be a list of verdicts, got {type(data).__name__}")
+    out = []
+    for i, item in enumerate(data, 1):
+        if not (isinstance(item, dict) and set(item) == set(_JUDGEMENT_KEYS)
+                and isinstance(item["day"], int) and not isinstance(item["day"], bool)
+                and all(isinstance(item[k], str) and item[k].strip() for k in _JUDGEMENT_KEYS[1:])):
+            raise PracticeError(f"{JUDGEMENTS_FILE}, entry {i}: needs exactly {', '.join(_JUDGEMENT_KEYS)} (day a "
+                                f"number, the others non-empty text), got {item!r}")
+        out.append(Judgement(**{k: item[k] for k in _JUDGEMENT_KEYS}))
+    return out
+
+
+def judge_survivors(project: Project, result: dict) -> tuple[list[dict], list[dict], list[Judgement]]:
+    """The survivors judged equivalent (each with its ``why``), the survivors still open (a missing test until
+    someone shows otherwise), and the day's verdicts that match no survivor (the line changed, or the gate now
+    catches the mutant). Lines are read from the day's files: call it only while they are the measured ones."""
+    day = result["day"]
+    verdicts = [j for j in load_judgements(project) if j.day == day]
+    texts: dict[str, list[str]] = {}
+
+    def code(survivor: dict) -> str | None:
+        path = project.day_dir(day) / survivor["module"]
+        if survivor["module"] not in texts:
+            texts[survivor["module"]] = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+        lines = texts[survivor["module"]]
+        return lines[survivor["line"] - 1].strip() if 0 < survivor["line"] <= len(lines) else None
+
+    equivalent, still_open, used = [], [], set()
+    for s in result["survivors"]:
+        key = (s["module"], s["qualname"], s["change"], code(s))
+        match = next((j for j in verdicts if (j.module, j.qualname, j.change, j.code) == key), None)
+        if match:
+            equivalent.append(s | {"why": match.why})
+            used.add(match)
+        else:
+            still_open.append(s)
+    return equivalent, still_open, [j for j in verdicts if j not in used]
+
+
 def record(project: Project, result: dict) -> bool:
-    """Write caught/total (with the fingerprint they were measured on) into the ledger; False if the day changed
-    since (the measurement is then not recorded)."""
+    """Write caught/total (with the fingerprint they were measured on, and how many survivors are judged
+    equivalent) into the ledger; False if the day changed since (the measurement is then not recorded)."""
     day = result["day"]
     if unit_fingerprint(project, day) != result["fingerprint"]:
         return False
+    equivalent, _, _ = judge_survivors(project, result)
     ledger = ledger_io.load(project.ledger_path)
     ledger[day].gate_strength = {"caught": result["caught"], "total": result["total"],
                                  "fingerprint": result["fingerprint"]}
+    if equivalent:
+        ledger[day].gate_strength["equivalent"] = len(equivalent)
     ledger_io.save(ledger, project.ledger_path)
     return True

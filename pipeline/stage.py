@@ -190,8 +190,13 @@ def verified_box(project: Project, entry: Entry, gate: GateResult) -> str:
         lines.append(f"| {label} | {escape_markdown(row['doc'])} | {'<br>'.join(row['measured'])} |")
     strength = getattr(entry, "gate_strength", None)
     if strength and strength["fingerprint"] == gate.fingerprint:
-        lines += ["", f"Gate strength: {strength['caught']} of {strength['total']} single-line breaks of the "
-                      f"exercises caught (`invoke mutate {entry.key}`)."]
+        caught, total, equivalent = strength["caught"], strength["total"], strength.get("equivalent", 0)
+        judged = "" if not equivalent else (
+            f"; {equivalent} of the {total - caught} that survived {'is' if equivalent == 1 else 'are'} judged "
+            f"equivalent (the same result for every input; reasons in `equivalent_mutants.yml`), so {caught} of "
+            f"{total - equivalent} non-equivalent breaks are caught")
+        lines += ["", f"Gate strength: {caught} of {total} single-line breaks of the exercises caught{judged} "
+                      f"(`invoke mutate {entry.key}`)."]
     if isinstance(entry.key, int):
         lines += ["", f"Do this day yourself: `invoke practice {entry.key}` writes it with the exercises emptied, "
                       f"and `invoke practice {entry.key} --check` grades your version with this gate."]

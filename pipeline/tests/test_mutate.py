@@ -145,3 +145,65 @@ def test_the_ledger_validates_gate_strength(tmp_path, value, ok):
     else:
         with pytest.raises(L.LedgerError, match="day 3: 'gate_strength' must be"):
             L.load(path)
+
+
+VERDICT = {"day": 1, "module": "toy.py", "qualname": "clip", "change": "`<` → `<=`", "code": "if x < lo:",
+           "why": "at x == lo both branches return lo"}
+
+
+def test_a_survivor_judged_equivalent_is_recorded_and_shown_as_such(toy):
+    """An author's verdict in equivalent_mutants.yml takes a survivor out of the non-equivalent count: the ledger
+    records how many survivors it matches, the Verified box reports caught of non-equivalent. The verdict names
+    the line by its text, so once that line changes it matches nothing and is reported as unused."""
+    folder = toy.write_files(1, {"toy.py": DAY, "test_toy.py": GATE})
+    result = M.measure_gate_strength(toy.project, 1)
+    wrong_line = VERDICT | {"code": "if x <= lo:"}
+    (toy.root / M.JUDGEMENTS_FILE).write_text(yaml.safe_dump([VERDICT, wrong_line, VERDICT | {"day": 2}],
+                                                             allow_unicode=True))
+    equivalent, still_open, unused = M.judge_survivors(toy.project, result)
+    assert [(s["line"], s["why"]) for s in equivalent] == [(8, VERDICT["why"])] and still_open == []
+    assert [j.code for j in unused] == ["if x <= lo:"]                    # day 2's verdict is not day 1's business
+
+    assert M.record(toy.project, result)
+    entry = toy.ledger()[1]
+    assert entry.gate_strength == {"caught": 1, "total": 2, "equivalent": 1,
+                                   "fingerprint": unit_fingerprint(toy.project, 1)}
+    box = verified_box(toy.project, entry, run_gate(toy.project, 1, unit_fingerprint(toy.project, 1)))
+    assert ("Gate strength: 1 of 2 single-line breaks of the exercises caught; 1 of the 1 that survived is judged "
+            "equivalent") in box and "so 1 of 1 non-equivalent breaks are caught (`invoke mutate 1`)." in box
+
+    (toy.root / M.JUDGEMENTS_FILE).write_text(yaml.safe_dump([wrong_line], allow_unicode=True))
+    assert M.record(toy.project, result)                                   # a verdict that no longer applies
+    assert "equivalent" not in toy.ledger()[1].gate_strength
+    assert (folder / "toy.py").read_text() == DAY
+
+
+@pytest.mark.parametrize("text, message", [("- [unclosed", "not valid YAML"), ("day: 1", "must be a list"),
+                                           ("- {day: 1, module: toy.py}", "entry 1: needs exactly day, module"),
+                                           ("- {day: '1', module: a, qualname: b, change: c, code: d, why: e}",
+                                            "entry 1: needs exactly")])
+def test_a_malformed_verdict_file_is_a_clear_error(toy, text, message):
+    (toy.root / M.JUDGEMENTS_FILE).write_text(text)
+    with pytest.raises(M.PracticeError, match=message):
+        M.load_judgements(toy.project)
+
+
+def test_every_committed_verdict_names_a_real_mutant_of_the_current_code():
+    """Each verdict in the repository's equivalent_mutants.yml names a day that exists, a mutant that `invoke
+    mutate` can make (same module, exercise, change) on a line that still reads as the verdict says, once, with a
+    reason; so a verdict cannot outlive the code it was about."""
+    from pipeline.project import Project
+    from .conftest import REPO
+    project = Project.at(REPO)
+    verdicts = M.load_judgements(project)
+    assert len(set(verdicts)) == len(verdicts)
+    possible = {}
+    for j in verdicts:
+        assert project.day_exists(j.day), j
+        if j.day not in possible:
+            folder = project.day_dir(j.day)
+            possible[j.day] = {(m.module, m.qualname, m.change,
+                                (folder / m.module).read_text(encoding="utf-8").splitlines()[m.line - 1].strip())
+                               for m in M.all_mutants(project, j.day)}
+        assert (j.module, j.qualname, j.change, j.code) in possible[j.day], f"no such mutant now: {j}"
+        assert len(j.why.split()) >= 5, f"give the reason a reviewer can check: {j}"
