@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .project import Project, UnitKey
 
-__all__ = ["day_dependencies", "unit_fingerprint"]
+__all__ = ["day_dependencies", "strength_fingerprint", "unit_fingerprint"]
 
 _IGNORED_DIRS = {"__pycache__", ".pytest_cache", ".ipynb_checkpoints", "wandb"}
 _IGNORED_SUFFIXES = {".pyc", ".pyo"}
@@ -61,15 +61,27 @@ def _pinned_dependencies(project: Project) -> bytes:
     return repr(data.get("project", {}).get("dependencies", [])).encode()
 
 
-def unit_fingerprint(project: Project, key: UnitKey) -> str:
-    """sha256 over the relative paths and bytes of everything the unit's gate depends on."""
+def _is_test_file(path: Path) -> bool:
+    return path.name == "conftest.py" or (path.name.startswith("test_") and path.suffix == ".py")
+
+
+def unit_fingerprint(project: Project, key: UnitKey, *, dependency_tests: bool = True) -> str:
+    """sha256 over the relative paths and bytes of everything the unit's gate depends on.
+
+    With ``dependency_tests=False`` the test files of the days it imports are left out, unless the unit's own
+    code names one (``days.063.test_fourier``): see ``strength_fingerprint``."""
     digest = hashlib.sha256()
     own = [(project.unit_rel(key), project.unit_dir(key), set())]
     roots: list[tuple[str, Path, set[str]]] = own + [(f"days/{d:03d}", project.day_dir(d), set())
                                                      for d in day_dependencies(project, key)]
     roots.append(("checks", project.root / "checks", {"tests"}))
+    own_code = "" if dependency_tests else "\n".join(
+        p.read_text(encoding="utf-8", errors="replace") for p in _files(project.unit_dir(key)) if p.suffix == ".py")
     for label, folder, skip in roots:
         for path in _files(folder, skip):
+            if (not dependency_tests and label.startswith("days/") and label != own[0][0] and _is_test_file(path)
+                    and f"{label}/{path.stem}".replace("/", ".") not in own_code.replace("/", ".")):
+                continue
             digest.update(f"{label}/{path.relative_to(folder).as_posix()}\0".encode())
             digest.update(path.read_bytes())
             digest.update(b"\0")
@@ -78,3 +90,10 @@ def unit_fingerprint(project: Project, key: UnitKey) -> str:
         digest.update(b"conftest.py\0" + conftest.read_bytes())
     digest.update(b"pyproject:dependencies\0" + _pinned_dependencies(project))
     return "sha256:" + digest.hexdigest()
+
+
+def strength_fingerprint(project: Project, day: int) -> str:
+    """What a gate-strength measurement (``invoke mutate``) depends on: the unit fingerprint without the tests of
+    the days it imports. A day's gate runs its own tests on its own code and imports earlier days' code, never
+    their tests, so a test added to day 018 leaves day 019's measurement standing (day 019 is still re-gated)."""
+    return unit_fingerprint(project, day, dependency_tests=False)

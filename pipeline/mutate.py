@@ -35,7 +35,7 @@ import yaml
 from libcst.metadata import MetadataWrapper, PositionProvider
 
 from pipeline import ledger as ledger_io
-from pipeline.fingerprint import unit_fingerprint
+from pipeline.fingerprint import strength_fingerprint
 from pipeline.gate import GateProcesses, GateServer
 from pipeline.practice import Exercise, PracticeError, find_exercises, retarget
 from pipeline.project import Project, day_dir_name, parse_day
@@ -230,7 +230,7 @@ def measure_gate_strength(project: Project, day, limit: int = DEFAULT_LIMIT, *, 
     number = parse_day(day)
     if not project.day_exists(number):
         raise PracticeError(f"days/{day_dir_name(number)} does not exist yet: there is nothing to mutate")
-    fingerprint = unit_fingerprint(project, number)
+    fingerprint = strength_fingerprint(project, number)
     previous = cached(project, number)
     if not force and previous and previous["fingerprint"] == fingerprint and previous["limit"] == limit:
         return previous | {"from_cache": True}
@@ -350,7 +350,7 @@ def record(project: Project, result: dict) -> bool:
     """Write caught/total (with the fingerprint they were measured on, and how many survivors are judged
     equivalent) into the ledger; False if the day changed since (the measurement is then not recorded)."""
     day = result["day"]
-    if unit_fingerprint(project, day) != result["fingerprint"]:
+    if strength_fingerprint(project, day) != result["fingerprint"]:
         return False
     equivalent, _, _ = judge_survivors(project, result)
     ledger = ledger_io.load(project.ledger_path)

@@ -32,6 +32,7 @@ from typing import Mapping
 
 import yaml
 
+from .fingerprint import strength_fingerprint
 from .gate import GateResult
 from .ledger import DayEntry, Entry
 from .markdown import outline
@@ -189,7 +190,7 @@ def verified_box(project: Project, entry: Entry, gate: GateResult) -> str:
         label = f"`{base}`" + (f" ×{row['cases']}" if row["cases"] > 1 else "")
         lines.append(f"| {label} | {escape_markdown(row['doc'])} | {'<br>'.join(row['measured'])} |")
     strength = getattr(entry, "gate_strength", None)
-    if strength and strength["fingerprint"] == gate.fingerprint:
+    if strength and strength["fingerprint"] == strength_fingerprint(project, entry.key):
         caught, total, equivalent = strength["caught"], strength["total"], strength.get("equivalent", 0)
         judged = "" if not equivalent else (
             f"; {equivalent} of the {total - caught} that survived {'is' if equivalent == 1 else 'are'} judged "
