@@ -51,6 +51,8 @@ EINSUM_CASES = [
     ("ij,jk,kl->il", [(2, 3), (3, 4), (4, 5)]),           # a chain of three
     ("i,i,i->i", [(5,), (5,), (5,)]),                     # elementwise triple product
     ("...i,...i->...", [(1, 3, 4), (2, 1, 4)]),           # size-1 broadcasting in '...'
+    ("...i,...i->...", [(1, 4), (3, 4)]),                 # a '...' axis of size 1 first, then 3
+    ("...i,i->...", [(1, 4), (4,)]),                      # a '...' axis of size 1 only: the output keeps it
 ]
 
 
@@ -100,9 +102,11 @@ def test_einsum_gradients_match_central_differences(measure):
     ("ij->ik", [(3, 4)], "appear in no input"),
     ("ij->i", [(3, 4, 5)], "does not fit"),
     ("ii->i", [(3, 4)], "sizes 3 and 4 in one operand"),
+    ("...i,...i->...", [(2, 4), (3, 4)], "sizes 2 and 3"),   # '...' axes broadcast only from 1
 ])
 def test_einsum_rejects_bad_equations(equation, shapes, message):
-    """Inconsistent sizes, wrong operand counts and unknown output labels are clear errors."""
+    """Inconsistent sizes (a '...' axis broadcasts only from size 1), wrong operand counts and unknown output labels
+    are clear errors."""
     with pytest.raises(ValueError, match=message):
         T.einsum(equation, *[rand(*s) for s in shapes])
 
@@ -167,6 +171,8 @@ def test_repeat_matches_einops(pattern, shape, sizes):
     (lambda x: T.rearrange(x, "a b c -> a b c"), "describes 3 axes"),
     (lambda x: T.reduce(x, "a b -> a", "median"), "unknown reduction"),
     (lambda x: T.repeat(x, "a b -> a b c"), "give the size"),
+    (lambda x: T.reduce(x, "a b -> a c", "sum"), r"axes \['c'\] are not on the left"),
+    (lambda x: T.repeat(x, "a b -> a"), r"axes \['b'\] vanish on the right"),
     (lambda x: T.rearrange(x, "a (b -> a b"), "unbalanced"),
 ])
 def test_einops_errors_are_clear(call, message):

@@ -59,6 +59,16 @@ def test_qr_factorises_and_matches_torch(method, measure):
     measure(f"{method}.q_vs_torch.max_abs_err", report.max_abs_err, "≤ 1e-12")
 
 
+def test_householder_qr_of_a_triangular_matrix_is_trivial():
+    """A matrix already upper-triangular with positive diagonal is its own R with Q = the first n columns of I
+    (the unique QR with diag(R) > 0). Every column is then zero below the diagonal, x = x_0 e_0: the reflection
+    vector v = x + sign(x_0)‖x‖e_0 = 2x_0 e_0 never cancels (v = x − sign(x_0)‖x‖e_0 would be 0)."""
+    A = torch.triu(torch.rand(6, 4, generator=gen(), dtype=torch.float64)) + torch.eye(6, 4, dtype=torch.float64)
+    Q, R = L.householder_qr(A)
+    assert_parity(Q, torch.eye(6, 4, dtype=torch.float64), atol=1e-15)
+    assert_parity(R, A[:4], atol=1e-15)
+
+
 def test_loss_of_orthogonality_follows_theory(measure):
     """At κ = 1e8 (κu ≈ 1e-8, κ²u ≈ 1): classical GS's loss is of order κ²u (> 1e-3, and over
     1e4× modified GS's), modified GS's of order κu (< 1e-6), Householder's at rounding level
@@ -203,7 +213,8 @@ def test_results_json_is_current(committed, measure):
     ‖A‖ (float_ops(640) as an absolute bound on errors relative to ‖A‖_F). The orthogonality
     losses are accumulated rounding errors themselves, so only their order of magnitude
     reproduces (log space): over 12 other random matrices of condition 1e8, log10 of classical
-    Gram–Schmidt's loss (saturated near κ²u ≈ 1) spans 1.4 decades, the others' ≤ 0.4."""
+    Gram–Schmidt's loss (saturated near κ²u ≈ 1) spans 1.4 decades, the others' ≤ 0.4. Across the sweep
+    (κ = 1 … 1e12) each method's loss stays within 100× its theoretical order: κ²u, κu, u (Björck)."""
     results = committed
     image = L.grayscale_image()
     assert list(image.shape) == results["image_shape"]
@@ -233,6 +244,10 @@ def test_results_json_is_current(committed, measure):
     assert_reproduces(gap, results["max_abs_gap_measured_vs_eckart_young"], svd, name="max_abs_gap_measured_vs_eckart_young")
     measure("compression.deviation_from_committed", worst, "≤ 1 (fraction of the tolerance)")
     sweep = {r["cond"]: r for r in L.orthogonality_sweep()}
+    u = torch.finfo(torch.float64).eps / 2
+    for cond, r in sweep.items():   # Björck: classical GS O(κ²u), modified GS O(κu), Householder O(u), factor 100
+        assert r["classical_gs"] <= 100 * cond**2 * u and r["modified_gs"] <= 100 * cond * u
+        assert r["householder"] <= 100 * u and r["torch_qr"] <= 100 * u
     for name, value in results["orthogonality_at_1e8"].items():
         decades = 1.5 if name == "classical_gs" else 0.5
         assert_reproduces(sweep[1e8][name], value, log_space(decades, why="a rounding error's order of magnitude"),

@@ -62,6 +62,8 @@ HAND_CASES = [
     (ray((0, 0), (1, 0)), segment((0, 1), (5, 1)), False, None, "parallel: singular, a miss"),
     (ray((0, 0), (1, 2)), segment((1, 0), (3, 4)), False, None, "parallel, non-axis-aligned"),
     (ray((0, 0), (1, 0)), segment((1, 0), (3, 0)), False, None, "collinear: singular, a miss by convention"),
+    (ray((0, 0), (1, 0)), segment((2, 0), (2, 0)), False, None, "a zero-length segment: singular, a miss"),
+    (ray((0, 0), (0, 0)), segment((2, -1), (2, 1)), False, None, "a zero direction: singular, a miss"),
     (ray((0, 0, 5), (1, 0, -3)), segment((2, -1, 7), (2, 1, -2)), True, (2.0, 0.5), "z is ignored"),
 ]
 
@@ -150,6 +152,16 @@ def test_intersection_is_invariant_under_rigid_motions_and_rescaling():
     _, v_swapped, _ = R.solve_rays_segments(rays, swapped)
     assert torch.equal(R.ray_segment_hits(rays, swapped), hits)
     assert_parity(v_swapped, 1 - v, atol=1e-12, rtol=1e-12)
+
+
+def test_room_is_a_flat_top_down_scene():
+    """room_segments is "a top-down 2D room: three walls and two square pillars": 3 + 2·4 segments, every end point
+    in the z = 0 plane (ARENA's 2D segments' format), each pillar side of the same length (a square)."""
+    room = R.room_segments()
+    assert room.shape == (11, 2, 3) and (room[..., 2] == 0).all()
+    for pillar in (room[3:7], room[7:11]):
+        sides = (pillar[:, 1] - pillar[:, 0]).norm(dim=-1)
+        assert torch.allclose(sides, sides[0].expand(4)) and torch.equal(pillar[:, 1], pillar.roll(-1, 0)[:, 0])
 
 
 def test_no_segments_means_no_hits():

@@ -99,6 +99,22 @@ def test_hand_cases_hold_in_any_frame(scale, offset):
             assert (s.item(), u.item(), v.item()) == pytest.approx(suv, abs=tol), case
 
 
+def test_parallel_rule_at_exactly_the_tolerance():
+    """The parallel rule is |det| ≤ tol·|D||E1 × E2| with tol = 16·eps (day 3's parallel_tolerance: |sin θ| ≤ tol is
+    parallel). In float64 tol = 2^-48, so a ray D = (2^-k, 0, 1) against the plane x = 2 (E1 = e_y, E2 = e_z, |E1 × E2|
+    = 1, |D| rounds to 1, det = −2^-k: all exact) sits exactly on the rule at k = 48: parallel, a miss for both
+    solvers; at k = 47 (twice the tolerance) both hit at s = 2^-50 / 2^-47 = 1/8, (u, v) = (1/4, 1/4)."""
+    A, B, C = TRIANGLE
+    O = torch.tensor((2 - 2.0**-50, 0.25, 0.125), dtype=F64)
+    assert 16 * torch.finfo(F64).eps == 2.0**-48
+    for k, expected in ((48, False), (47, True)):
+        D = torch.tensor((2.0**-k, 0, 1), dtype=F64)
+        assert R.triangle_ray_intersects(A, B, C, O, D) is expected, k
+        s, u, v, hit = R.moller_trumbore(O, D, A, B, C)
+        assert hit.item() is expected, k
+    assert (s.item(), u.item(), v.item()) == (0.125, 0.25, 0.25)
+
+
 def per_pair_solve(rays, triangles):
     """The reference: ARENA's 3×3 system solved one (ray, triangle) pair at a time."""
     n, m = len(rays), len(triangles)

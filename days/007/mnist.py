@@ -61,6 +61,8 @@ def parse_idx(raw: bytes, expected_magic: int, name: str = "idx") -> Int[Tensor,
         raise IDXError(f"{name}: magic number 0x{magic:08x}, expected 0x{expected_magic:08x}")
     ndim = magic & 0xFF
     header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise IDXError(f"{name}: {len(raw)} bytes is too short for a {ndim}-dimensional IDX header ({header} bytes)")
     shape = struct.unpack(f">{ndim}I", raw[4:header])
     n_values = 1
     for size in shape:

@@ -11,6 +11,7 @@ The training bar is a stated floor for a short run, far above chance (10%), meas
 import gzip
 import hashlib
 import struct
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -49,11 +50,17 @@ def test_parse_idx_reads_a_hand_built_file():
 @pytest.mark.parametrize("raw, message", [
     (idx_bytes(M.LABEL_MAGIC, (4,), bytes(4)), "magic number 0x00000801"),       # labels read as images
     (idx_bytes(M.IMAGE_MAGIC, (2, 2, 3), bytes(11)), "file has 27 bytes"),         # truncated
+    # the header implies 4 + 4·3 + 2·2·3 = 28 bytes
+    (idx_bytes(M.IMAGE_MAGIC, (2, 2, 3), bytes(11)), r"shape \(2, 2, 3\) \(28 bytes\), file has 27"),
+    (idx_bytes(M.LABEL_MAGIC, (), b""), "magic number 0x00000801"),               # only a (wrong) magic: 4 bytes
     (idx_bytes(M.IMAGE_MAGIC, (2, 2, 3), bytes(13)), "file has 29 bytes"),         # trailing bytes
     (b"\x00\x00", "too short"),
+    # the right magic, cut off inside the three sizes: 4 + 4·3 = 16 header bytes needed
+    (struct.pack(">I", M.IMAGE_MAGIC) + bytes(5), r"9 bytes is too short for a 3-dimensional IDX header \(16 bytes\)"),
 ])
 def test_parse_idx_rejects_inconsistent_headers(raw, message):
-    """A wrong magic number, or a file longer or shorter than its header says, is an IDXError."""
+    """A wrong magic number, or a file longer or shorter than its header says, is an IDXError whose message gives the
+    header's shape and implied size (4 + 4·ndim + prod(shape) bytes) against the file's."""
     with pytest.raises(M.IDXError, match=message):
         M.parse_idx(raw, M.IMAGE_MAGIC)
 
@@ -182,6 +189,31 @@ def test_training_is_reproducible_from_its_seed():
         runs.append(M.train(model, (x, y), (x[:32], y[:32]), M.TrainConfig(batch_size=64, eval_every=2, seed=4)))
     assert runs[0].train_loss == runs[1].train_loss and len(runs[0].train_loss) == 3
     assert runs[0].val_step == [2, 3]  # every eval_every steps, and at the end of the epoch
+
+
+def test_each_epoch_trains_on_every_image_once():
+    """train's epoch is one pass over the shuffled training set in mini-batches of batch_size: the batches that
+    augment sees (each training batch, per the docstring) are, over 2 epochs of 150 images in batches of 64,
+    64, 64, 22 twice, and each epoch's batches hold every training image exactly once. history.seconds is the
+    run's wall time: positive and at most the time measured around the call."""
+    x, y = torch.rand(150, 16, generator=torch.Generator().manual_seed(5)), torch.arange(150) % 10
+    seen = []
+
+    def record(batch, generator):
+        seen.append(batch.clone())
+        return batch
+
+    torch.manual_seed(0)
+    model = nn.Linear(16, 10)                    # any classifier: train only needs logits
+    t0 = time.perf_counter()
+    history = M.train(model, (x, y), (x[:16], y[:16]), M.TrainConfig(epochs=2, batch_size=64, eval_every=100), record)
+    elapsed = time.perf_counter() - t0
+    assert [len(b) for b in seen] == [64, 64, 22] * 2
+    key = x                                      # uniform random floats: every image is distinct
+    for epoch in (seen[:3], seen[3:]):
+        got = torch.cat(epoch)
+        assert torch.equal(got[torch.argsort(got[:, 0])], key[torch.argsort(key[:, 0])])
+    assert 0 < history.seconds <= elapsed
 
 
 @pytest.mark.asset("mnist")

@@ -357,6 +357,15 @@ def test_optimize_path_starts_at_the_start_point(start):
     assert len(path) == len(losses) == 4
 
 
+def test_steps_to_reach_is_the_first_step_strictly_below():
+    """steps_to_reach gives the step at which the loss first drops below the threshold (the post's
+    steps_to_loss_1e-2, read by results.json's check as "first drops below 1e-2"): strictly below, so a loss equal
+    to the threshold has not reached it yet; None when no step gets below."""
+    losses = torch.tensor([1.0, 0.5, 1e-2, 1e-3, 1e-4], dtype=torch.float64)
+    assert O.steps_to_reach(losses, 1e-2) == 3
+    assert O.steps_to_reach(losses, 0.75) == 1 and O.steps_to_reach(losses, 1e-5) is None
+
+
 def test_optimize_path_stop_rule_exactly():
     """The stop rule, pinned with a scripted optimizer: the run stops at the first step whose point
     has a coordinate of magnitude strictly above 1e6 (max-abs, not the norm: (7e5, 8e5) continues;

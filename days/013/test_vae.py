@@ -94,6 +94,21 @@ def test_autoencoder_training_reduces_the_reconstruction_error(measure):
     assert after < 0.6 * before and after < mean_image
 
 
+def test_train_autoencoder_records_the_loss_of_each_step_over_the_whole_batch():
+    """train_autoencoder "returns the loss of every step" of Adam on reconstruction_loss over
+    shuffled mini-batches that cover the data: with batch_size = len(images) one epoch is one step
+    on all the images, so its loss is the untrained model's mean squared error on the whole set
+    (a mean, so the shuffle does not change it beyond float32 rounding: rel 1e-5)."""
+    torch.manual_seed(3)
+    model = V.Autoencoder(latent_dim_size=2, hidden_dim_size=8, channels=(2, 4))
+    images = torch.rand(5, 1, 28, 28, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        expected = F.mse_loss(model(images), images).item()
+    losses = V.train_autoencoder(model, images, V.mnist.TrainConfig(epochs=1, batch_size=5, lr=1e-3, seed=0))
+    assert len(losses) == 1
+    assert losses[0] == pytest.approx(expected, rel=1e-5)
+
+
 # ---------------------------------------------------------------- the probabilistic pieces
 
 
@@ -257,6 +272,60 @@ def test_he_initialisation_keeps_the_encoders_signal(measure):
     assert spreads["he"] > 10 * spreads["torch"]
     with pytest.raises(ValueError, match="unknown init"):
         V.VAE(init="xavier")
+
+
+@pytest.fixture(scope="module")
+def tiny_vae_data():
+    torch.manual_seed(23)
+    images = torch.rand(8, 1, 28, 28, generator=torch.Generator().manual_seed(24))
+    return V.VAE(latent=2, channels=(4, 8), hidden=16), images
+
+
+def test_evaluate_averages_the_terms_over_every_image(tiny_vae_data):
+    """evaluate returns the mean over ``images`` (every image, in any batching) of −ELBO,
+    −log p(x|z) and KL, so: KL equals torch.distributions' KL(N(μ, σ²) ‖ N(0, 1)) of the encoder's
+    output averaged over all 8 images (batches of 3: 3 + 3 + 2); with one batch, −log p(x|z) is
+    the Bernoulli negative log-likelihood (F.binary_cross_entropy_with_logits) of the decoding of
+    the z the model draws from Generator(seed); and −ELBO = −log p(x|z) + KL (float32: rel 1e-5)."""
+    model, images = tiny_vae_data
+    with torch.no_grad():
+        mu, logvar = model.encoder(images)
+        kl = kl_divergence(Normal(mu, torch.exp(0.5 * logvar)), Normal(0.0, 1.0)).sum(-1).mean().item()
+        logits, *_ = model(images, torch.Generator().manual_seed(5))
+        nll = F.binary_cross_entropy_with_logits(logits, images, reduction="sum").item() / len(images)
+    batched = V.evaluate(model, images, seed=5, batch_size=3)
+    whole = V.evaluate(model, images, seed=5, batch_size=8)
+    assert batched["kl"] == pytest.approx(kl, rel=1e-5) and whole["kl"] == pytest.approx(kl, rel=1e-5)
+    assert whole["reconstruction"] == pytest.approx(nll, rel=1e-5)
+    for res in (batched, whole):
+        assert res["reconstruction"] > 0
+        assert res["loss"] == pytest.approx(res["reconstruction"] + res["kl"], rel=1e-5)
+
+
+def test_train_vae_history_follows_its_steps(tiny_vae_data):
+    """train_vae's history: per step the mean −ELBO, the mean −log p(x|z) (positive) and the mean
+    KL, with −ELBO = −log p(x|z) + KL; validation "every eval_every steps", steps counted from 1,
+    the batches covering the data. With batch_size = len(images) = 8 and 2 epochs the run is steps
+    1, 2: step 1's KL is the untrained encoder's mean KL over all 8 images (torch.distributions;
+    z-independent); eval_every = 2 validates once, after step 2, the end of the run, so val_loss
+    equals evaluate on the trained model; history.seconds lies in (0, the time measured around the
+    call]."""
+    import copy
+    import time
+    model, images = tiny_vae_data
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        mu, logvar = model.encoder(images)
+        kl0 = kl_divergence(Normal(mu, torch.exp(0.5 * logvar)), Normal(0.0, 1.0)).sum(-1).mean().item()
+    before = time.perf_counter()
+    history = V.train_vae(model, images, images[:4], V.mnist.TrainConfig(epochs=2, batch_size=8, lr=1e-3, eval_every=2, seed=0))
+    elapsed = time.perf_counter() - before
+    assert len(history.loss) == 2 and history.val_step == [2]
+    assert history.kl[0] == pytest.approx(kl0, rel=1e-5)
+    for loss, rec, kl in zip(history.loss, history.reconstruction, history.kl):
+        assert rec > 0 and loss == pytest.approx(rec + kl, rel=1e-5)
+    assert history.val_loss[0] == pytest.approx(V.evaluate(model, images[:4])["loss"], rel=1e-6)
+    assert 0 < history.seconds <= elapsed
 
 
 @pytest.mark.asset("mnist")

@@ -247,6 +247,28 @@ def test_training_step_moves_each_player_with_its_own_optimiser():
     assert g_after < stats.g_loss
 
 
+def test_train_gan_snapshots_after_the_listed_step_and_times_itself():
+    """train_gan's contract: "G(fixed_z) is stored in ``snapshots`` after the steps listed in its
+    keys", steps counted from 1, one per full batch. With one full batch per epoch and 2 epochs the
+    run is steps 1, 2, so the snapshot keyed 2 is G(fixed_z) at the end of the run (= sample(gan, z)
+    afterwards) and it differs from the snapshot keyed 1 (G moved in step 2); history.seconds is
+    the run's wall time, so it lies in (0, the time measured around the call]."""
+    import time
+    torch.manual_seed(13)
+    gan = G.DCGAN(latent=8, channels=(8, 4))
+    images = torch.rand(4, 1, 28, 28, generator=torch.Generator().manual_seed(14)) * 2 - 1
+    z = torch.randn(3, 8, generator=torch.Generator().manual_seed(15))
+    snapshots = {1: None, 2: None}
+    before = time.perf_counter()
+    history = G.train_gan(gan, images, epochs=2, batch_size=4, seed=0, snapshots=snapshots, fixed_z=z)
+    elapsed = time.perf_counter() - before
+    assert len(history.d_loss) == 2
+    assert snapshots[2] is not None and snapshots[1] is not None
+    torch.testing.assert_close(snapshots[2], G.sample(gan, z), rtol=0, atol=0)
+    assert not torch.equal(snapshots[1], snapshots[2])
+    assert 0 < history.seconds <= elapsed
+
+
 @pytest.mark.asset("mnist")
 def test_short_training_teaches_the_discriminator(measure):
     """Gate: after 40 training steps on batches of 32 MNIST images, the discriminator tells held-out

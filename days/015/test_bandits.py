@@ -336,12 +336,15 @@ def test_iterative_evaluation_is_a_gamma_contraction(measure):
 def test_monte_carlo_returns_in_gymnasium_match_the_exact_value(measure):
     """The exact V_π(start) of the uniform policy on slippery FrozenLake (γ = 1: the probability of
     ever reaching the goal) equals the mean return of 4 000 episodes run by Gymnasium's own step
-    function, within 4 standard errors."""
+    function, within 4 standard errors; the standard error is that of a mean of 0/1 returns."""
     env = gym.make("FrozenLake-v1")
     mdp = B.mdp_from_gymnasium(env, 1.0)
     pi = np.full((16, 4), 0.25)
     exact = B.policy_evaluation_exact(mdp, pi)[0]
     mean, se = B.monte_carlo_value(env, pi, 1.0, 4_000, seed=3)
+    # γ = 1 and a 0/1 reward at the goal: each return is 0 or 1, so Σ(G − m)² = n·m(1 − m) and the
+    # standard error std_{ddof=1} / √n is exactly √(m(1 − m) / (n − 1)) for the sample mean m
+    assert se == pytest.approx(np.sqrt(mean * (1 - mean) / (4_000 - 1)), rel=1e-9)
     z = (mean - exact) / se
     measure("frozen_lake.exact_start_value", exact)
     measure("frozen_lake.monte_carlo_z", z, "|z| < 4")
@@ -353,6 +356,19 @@ def test_policy_matrix_validation():
     assert np.array_equal(B.as_policy_matrix([2, 0], 2, 3), [[0, 0, 1], [1, 0, 0]])
     with pytest.raises(ValueError, match="matrix of probabilities"):
         B.as_policy_matrix(np.full((2, 3), 0.5), 2, 3)
+
+
+def test_bandit_summary_by_hand():
+    """bandit_summary: the mean reward and the optimal-action fraction over the last ``last`` steps
+    (all problems), and the cumulative regret — each problem's regret summed over the run, averaged
+    over the problems (the post's "cumulative regret (mean of … problems)"). By hand, 3 steps × 2
+    problems: regret rows (1, 0), (2, 1), (0, 3) → totals (3, 4) → 3.5; the last 2 steps' rewards
+    (2, 4, 6, 8) → 5 and optimal flags (T, F, T, T) → 0.75."""
+    run = B.BanditRun(rewards=np.array([[0.0, 1.0], [2.0, 4.0], [6.0, 8.0]]),
+                      optimal=np.array([[False, False], [True, False], [True, True]]),
+                      regret=np.array([[1.0, 0.0], [2.0, 1.0], [0.0, 3.0]]))
+    assert B.bandit_summary({"a": run}, last=2) == {"a": {"mean_reward_last": 5.0, "optimal_fraction_last": 0.75,
+                                                          "cumulative_regret": 3.5}}
 
 
 def test_results_json_is_current(committed, measure):

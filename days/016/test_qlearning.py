@@ -120,6 +120,31 @@ def test_q_learning_learns_the_optimal_cliff_path(cliff_seed0, measure):
     measure("cliff.q_learning.greedy_return", L.path_return(mdp, run.Q, 36), "= −13")
 
 
+def test_training_returns_are_the_episodes_undiscounted_rewards(cliff_seed0):
+    """TabularRun.returns holds "the undiscounted return of each training episode". On CliffWalking
+    every step pays −1, or −100 for a step into the cliff (which sends the agent back to the start,
+    the episode going on), so an episode of L steps with f falls returns −(L − f) − 100 f = −L − 99 f:
+    return + length is a non-positive multiple of 99, for every episode of both methods (seed 0)."""
+    for method in ("sarsa", "q_learning"):
+        run = cliff_seed0[method][0]
+        falls = -(np.array(run.returns) + np.array(run.lengths)) / 99
+        assert len(run.returns) == len(run.lengths) == 500
+        assert np.all(falls >= 0) and np.array_equal(falls, np.round(falls)), method
+
+
+def _self_loop_mdp(gamma: float):
+    """One non-terminal state, one action that returns to it with reward 1: Q_{k+1} = 1 + γ Q_k."""
+    return bandits.TabularMDP(T=np.ones((1, 1, 1)), R=np.ones((1, 1, 1)), gamma=gamma, terminal=np.array([False]))
+
+
+def test_epsilon_soft_value_iteration_stops_when_the_change_is_below_theta():
+    """The stopping rule "until max |ΔQ| < θ" (Sutton & Barto's strict test) on a one-state,
+    one-action self-loop with reward 1 and γ = 1/2 (so Q_ε = Q for any ε): the iterates 1, 3/2, 7/4
+    change by exactly 1, 1/2, 1/4 (binary fractions, no rounding); with θ = 1/2 a change of 1/2 is
+    not below θ, so iteration goes on to 7/4."""
+    assert L.epsilon_soft_value_iteration(_self_loop_mdp(0.5), 0.1, theta=0.5).tolist() == [[1.75]]
+
+
 def test_sarsa_keeps_away_from_the_edge_and_earns_more_while_exploring(cliff_seed0, measure):
     """Sutton & Barto Example 6.6: SARSA's greedy path never walks the row next to the cliff
     (return ≤ −15), yet during ε-greedy training SARSA earns more than Q-learning, whose

@@ -163,6 +163,44 @@ def test_value_iteration_contracts_and_its_stopping_rule_bounds_the_error(measur
     assert np.all(errors[1:][useful] <= gamma * errors[:-1][useful] + 1e-13)
 
 
+def test_value_iteration_stops_when_the_change_is_below_theta():
+    """The stopping rule "until max|ΔV| < θ" (strict, as in Sutton & Barto §4.4) on a one-state,
+    one-action self-loop with reward 1 and γ = 1/2: V_k = 0, 1, 3/2, 7/4 change by exactly 1, 1/2, 1/4
+    (binary fractions, no rounding), so with θ = 1/2 the change 1/2 is not below θ and iteration
+    stops at 7/4, after 3 backups."""
+    mdp = bandits.TabularMDP(T=np.ones((1, 1, 1)), R=np.ones((1, 1, 1)), gamma=0.5, terminal=np.array([False]))
+    result = P.value_iteration(mdp, theta=0.5)
+    assert result.V.tolist() == [1.75] and [V.tolist() for V in result.values] == [[0.0], [1.0], [1.5], [1.75]]
+
+
+def _two_exits(second_reward: float):
+    """State 0 has two actions, both into the terminal state 1: action 0 pays 1, action 1 pays
+    ``second_reward`` (γ = 1). Q(0, ·) = (1, second_reward) exactly; the terminal state's Q is 0."""
+    T = np.zeros((2, 2, 2))
+    T[:, :, 1] = 1.0
+    R = np.zeros((2, 2, 2))
+    R[0, 0, 1], R[0, 1, 1] = 1.0, second_reward
+    return bandits.TabularMDP(T=T, R=R, gamma=1.0, terminal=np.array([False, True]))
+
+
+def test_ties_neither_change_the_policy_nor_leave_the_optimal_set():
+    """policy_iteration: "an action changes only if it is better than the current one by more than
+    tol (so ties cannot make it cycle)": with tol = 0 and two equally good exits, a policy that takes
+    the second is already stable (one evaluation, unchanged). optimal_action_sets: "the actions
+    within tol of max": with tol = 0 the tied maximisers are both in (the max is within 0 of itself);
+    Q(0, ·) = (1, 1/2) with tol = 1/2 puts both in (exactly 1/2 below the max is within 1/2) and
+    tol = 1/4 only action 0; a terminal state gets every action."""
+    mdp = _two_exits(1.0)
+    result = P.policy_iteration(mdp, policy0=np.array([1, 0]), tol=0.0)
+    assert result.policy.tolist() == [1, 0] and len(result.policies) == 1
+    assert P.optimal_action_sets(mdp, result.V, tol=0.0) == [{0, 1}, {0, 1}]
+    mdp = _two_exits(0.5)
+    V = P.policy_iteration(mdp).V
+    assert V.tolist() == [1.0, 0.0]
+    assert P.optimal_action_sets(mdp, V, tol=0.5) == [{0, 1}, {0, 1}]
+    assert P.optimal_action_sets(mdp, V, tol=0.25) == [{0}, {0, 1}]
+
+
 def test_optimal_frozen_lake_policy_in_gymnasium(measure):
     """With γ = 1, V*(start) of slippery 4×4 FrozenLake is the best possible probability of ever
     reaching the goal; the optimal policy run in Gymnasium's own environment succeeds at that rate

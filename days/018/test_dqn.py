@@ -28,7 +28,9 @@ HERE = Path(__file__).parent
 @pytest.mark.parametrize("name", list(D.PROBES))
 def test_probes_are_valid_gymnasium_environments(name):
     """Each probe passes Gymnasium's env_checker (spaces, seeding, reset/step signatures) and ends
-    after its stated number of steps with its stated reward."""
+    after its stated number of steps with its stated reward; every observation it returns, the
+    final one included, is one of its stated observations (e.g. Probe1: always [0]) inside its
+    observation space."""
     env = D.PROBES[name]()
     check_env(env, skip_render_check=True)
     obs, _ = env.reset(seed=0)
@@ -36,6 +38,7 @@ def test_probes_are_valid_gymnasium_environments(name):
     while not done:
         action = int(obs[0]) if name == "Probe5" else (1 if name == "Probe4" else 0)  # the rewarded action
         obs_next, r, terminated, truncated, _ = env.step(action)
+        assert env.observation_space.contains(obs_next) and obs_next.tolist() in D.PROBES[name].expected_obs
         rewards.append(r)
         if name != "Probe3":
             expected = {"Probe1": 1.0, "Probe2": float(obs[0]), "Probe4": 1.0, "Probe5": 1.0}[name]
@@ -302,6 +305,23 @@ def test_agent_needs_same_step_autoreset():
     envs = gym.vector.SyncVectorEnv([lambda: gym.make("CartPole-v1") for _ in range(2)])
     with pytest.raises(ValueError, match="SAME_STEP"):
         D.DQNAgent(envs, D.ReplayBuffer(10, (4,)), D.QNetwork(4, 2), 1.0, 0.1, 0.5, 100, np.random.default_rng(0))
+
+
+def test_train_dqn_schedules_updates_and_evaluations():
+    """train_dqn's contract: "every steps_per_train steps after learning_starts: one Adam step", i.e.
+    at the 0-based steps s ≥ learning_starts with s % steps_per_train == 0, so 20 steps with
+    learning_starts 10 and steps_per_train 2 make the 5 updates at steps 10, 12, …, 18 (one loss
+    each); a greedy evaluation every eval_every = 5 env steps is recorded at the env steps done so
+    far, 5, 10, 15, 20; run.seconds lies in (0, the time measured around the call]."""
+    import time
+    config = D.DQNConfig(total_timesteps=20, buffer_size=50, batch_size=4, steps_per_train=2, learning_starts=10,
+                         trains_per_target_update=2, hidden=(8,), eval_every=5, eval_episodes=1, seed=0)
+    before = time.perf_counter()
+    run = D.train_dqn(lambda: gym.make("CartPole-v1"), config)
+    elapsed = time.perf_counter() - before
+    assert run.n_updates == len(run.losses) == 5 and run.n_target_syncs == 2
+    assert run.eval_steps == [5, 10, 15, 20] and len(run.eval_returns) == 4
+    assert 0 < run.seconds <= elapsed
 
 
 def test_results_json_is_current(committed, measure):

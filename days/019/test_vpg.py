@@ -53,6 +53,14 @@ def test_discounted_cumsum_matches_scipy_lfilter(measure):
     assert_parity(V.discounted_cumsum(torch.tensor(batch), 0.9), columns, atol=1e-12)
 
 
+def test_discounted_cumsum_of_a_single_step():
+    """The contract allows any T ≥ 1: for T = 1, y_0 = x_0 + discount · y_1 with y_1 = 0, so y = x
+    (for a plain sequence and for a (1, n_envs) batch, with or without an episode end)."""
+    assert V.discounted_cumsum(torch.tensor([2.5]), 0.9).tolist() == [2.5]
+    x = torch.tensor([[1.0, -3.0, 0.5]])
+    assert torch.equal(V.discounted_cumsum(x, 0.9, torch.tensor([[True, False, True]])), x)
+
+
 def test_policy_gradient_loss_of_a_hand_computed_episode():
     """π = (1/4, 3/4) in every state (logits (0, ln 3)), actions (1, 0, 1), rewards (1, 1, 1), γ = 0.5:
     G = (1.75, 1.5, 1), so L = −(1/3)[1.75 ln ¾ + 1.5 ln ¼ + 1 ln ¾]."""
@@ -140,6 +148,28 @@ def test_vpg_learns_the_probe_policies(probe, measure):
     right = probs[np.arange(len(obs)), q.argmax(axis=1)]
     measure(f"{probe}.min_prob_of_best_action", right.min(), "≥ 0.95")
     assert right.min() >= 0.95
+
+
+def test_normalized_weights_make_the_loss_invariant_to_an_affine_reward_change():
+    """VPGConfig.normalize "standardises the returns-to-go over the batch": w → (w − mean w) / std w,
+    which is invariant under w → a·w + b (a > 0). On Probe4 (one-step episodes, so G = r, γ = 1)
+    with rewards r and 10·r + 3 the same seed samples the same first batch (actions do not depend on
+    rewards), so the first loss, computed with the initial policy, must agree (float32 rounding:
+    rel 1e-5); it is not trivially 0, since both actions occur. run.seconds is the run's wall time,
+    within (0, the time measured around the call]."""
+    import time
+    from gymnasium.wrappers import TransformReward
+
+    config = V.VPGConfig(env_id="Probe4", epochs=1, batch_steps=32, learning_rate=0.05, hidden=(8,),
+                         normalize=True, seed=0)
+    before = time.perf_counter()
+    plain = V.train_vpg(config, make_env=dqn.PROBES["Probe4"])
+    elapsed = time.perf_counter() - before
+    scaled = V.train_vpg(config, make_env=lambda: TransformReward(dqn.PROBES["Probe4"](), lambda r: 10 * r + 3))
+    assert plain.epoch_episodes == scaled.epoch_episodes == [32]
+    assert abs(plain.losses[0]) > 1e-3
+    assert scaled.losses[0] == pytest.approx(plain.losses[0], rel=1e-5)
+    assert 0 < plain.seconds <= elapsed
 
 
 def test_training_is_reproducible_from_its_seed():

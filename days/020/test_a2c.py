@@ -187,6 +187,23 @@ def test_training_is_reproducible_from_its_seed():
     assert all(torch.equal(p, q) for p, q in zip(a.model.parameters(), b.model.parameters()))
 
 
+def test_training_bookkeeping_counts_updates_and_environment_steps():
+    """train_a2c's contract: n_updates = ⌊total_timesteps / (n_envs · n_steps)⌋ updates, numbered
+    1 … n_updates, each consuming n_envs · n_steps environment steps; with eval_every = 1 a greedy
+    evaluation follows every update, recorded at the environment steps done so far
+    (update · n_envs · n_steps). A single environment (n_envs = 1) is a valid configuration.
+    run.seconds is the run's wall time, within (0, the time measured around the call]."""
+    import time
+    config = A.A2CConfig(total_timesteps=17, n_envs=1, n_steps=5, hidden=(8,), eval_every=1, eval_episodes=1, seed=0)
+    before = time.perf_counter()
+    run = A.train_a2c(config)
+    elapsed = time.perf_counter() - before
+    assert run.n_updates == 3
+    assert run.eval_steps == [5, 10, 15]
+    assert len(run.eval_returns) == 3 and all(r >= 1 for r in run.eval_returns)
+    assert 0 < run.seconds <= elapsed
+
+
 def test_results_json_is_current(committed, measure):
     """results.json came from this configuration (SB3 zoo's A2C settings), every seed improved (last
     100 training episodes ≥ 3× the first 100) and every final greedy policy averages ≥ 475 (the slow

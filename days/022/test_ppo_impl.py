@@ -47,6 +47,14 @@ def test_config_is_arenas():
     assert (c.ent_coef, c.vf_coef, c.max_grad_norm, c.update_epochs, c.total_timesteps) == (0.01, 0.25, 0.5, 4, 500_000)
 
 
+def test_probe_config_is_arenas():
+    """ARENA's probe test: lr 1e-3 and its step counts (7 500 for probes 1–2, 12 500 for probe 3,
+    20 000 for probes 4–5), every other setting the CartPole default."""
+    steps = {"Probe1": 7_500, "Probe2": 7_500, "Probe3": 12_500, "Probe4": 20_000, "Probe5": 20_000}
+    for name, n in steps.items():
+        assert M.probe_config(name, seed=3) == replace(M.PPOConfig(), env_id=name, total_timesteps=n, lr=1e-3, seed=3)
+
+
 def test_rollout_replays_exactly_in_gymnasium():
     """Every stored transition is Gymnasium's: E single CartPole-v1 environments, reset with the same
     seeds and stepped with the rollout's actions (reset again at each end), reproduce the stored
@@ -198,7 +206,8 @@ def test_truncation_keeps_the_bootstrap_and_termination_drops_it():
 
 def test_objective_is_clip_minus_value_plus_entropy():
     """On a minibatch, the objective equals day 21's L^CLIP − c_v·value loss + c_e·entropy, recomputed
-    here from Categorical log-probabilities and entropies (float32, 1e-6)."""
+    here from Categorical log-probabilities and entropies (float32, 1e-6); the logratio it reports is
+    log r_t = log π_new(a|s) − log π_old(a|s)."""
     trainer = M.PPOTrainer(small(seed=6))
     rollout = trainer.collect_rollout()
     adv, ret = trainer.advantages_and_returns(rollout)
@@ -215,6 +224,7 @@ def test_objective_is_clip_minus_value_plus_entropy():
         expected = clip - 0.25 * ((values - mb["returns"]) ** 2).mean() + 0.01 * dist.entropy().mean()
     assert total.item() == pytest.approx(expected.item(), abs=1e-6)
     assert parts["clipped_surrogate"].item() == pytest.approx(clip.item(), abs=1e-6)
+    assert_parity(parts["logratio"], dist.log_prob(mb["actions"]) - mb["logprobs"], atol=1e-6, name="log r_t")
 
 
 class _Recorder(M.PPOTrainer):
@@ -240,6 +250,31 @@ def test_learning_phase_structure_and_gradient_clipping(measure):
     assert len(parts) == 4 and torch.equal(torch.sort(torch.cat(parts)).values, torch.arange(256))
     measure("clipped_grad_norm.max", max(trainer.grad_norms), "≤ 0.5")
     assert max(trainer.grad_norms) <= 0.5 + 1e-5
+
+
+class _PartsRecorder(M.PPOTrainer):
+    """Records, through day 22's hook, the objective's three parts on every minibatch step."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.parts = []
+
+    def after_minibatch(self, epoch, mb, parts):
+        self.parts.append((epoch, {k: parts[k].item() for k in ("clipped_surrogate", "value_loss", "entropy_bonus")}))
+
+
+def test_learning_phase_log_averages_the_last_epoch():
+    """What a phase logs (the post's figure: "the three parts of the objective ... averaged over each
+    phase's last epoch"): each of L^CLIP, c_v·value loss and c_e·entropy is the mean over the
+    num_minibatches steps of epoch update_epochs − 1 of the values the objective returned there
+    (float32 sums: rel 1e-6)."""
+    trainer = _PartsRecorder(small(seed=8))
+    log = trainer.learning_phase(trainer.collect_rollout())
+    c = trainer.config
+    last = [p for epoch, p in trainer.parts if epoch == c.update_epochs - 1]
+    assert len(last) == c.num_minibatches and len(trainer.parts) == c.update_epochs * c.num_minibatches
+    for k in ("clipped_surrogate", "value_loss", "entropy_bonus"):
+        assert log[k] == pytest.approx(float(np.mean([p[k] for p in last])), rel=1e-6, abs=1e-9), k
 
 
 # ---------------------------------------------------------------- ARENA's PPOScheduler

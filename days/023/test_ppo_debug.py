@@ -38,7 +38,8 @@ def _randn(*shape, seed=0):
 
 def test_approx_kl_and_clip_fraction_match_their_definitions(measure):
     """approx KL = mean((r − 1) − log r) and clip fraction = mean 1[|r − 1| > ε], computed in numpy on 1 000
-    log-ratios; hand cases: r ≡ 1 gives 0 and 0; ratios (0.5, 1, 1.1, 2) with ε = 0.2 clip 2 of 4."""
+    log-ratios; hand cases: r ≡ 1 gives 0 and 0; ratios (0.5, 1, 1.1, 2) with ε = 0.2 clip 2 of 4; with
+    ε = 0, ratios (1, 1, e^0.1) clip 1 of 3 (|r − 1| = 0 is not > 0)."""
     x = 0.3 * _randn(1000)
     r = np.exp(x.numpy())
     kl = D.approx_kl(x)
@@ -47,6 +48,8 @@ def test_approx_kl_and_clip_fraction_match_their_definitions(measure):
     assert D.clip_fraction(x, 0.2) == pytest.approx(np.mean(np.abs(r - 1) > 0.2), abs=1e-15)
     assert D.approx_kl(torch.zeros(7, dtype=F64)) == 0.0 and D.clip_fraction(torch.zeros(7, dtype=F64), 0.2) == 0.0
     assert D.clip_fraction(torch.log(torch.tensor([0.5, 1.0, 1.1, 2.0], dtype=F64)), 0.2) == 0.5
+    # the boundary: r = 1 is inside [1 − ε, 1 + ε] even for ε = 0 (the indicator is strict)
+    assert D.clip_fraction(torch.tensor([0.0, 0.0, 0.1], dtype=F64), 0.0) == pytest.approx(1 / 3, abs=1e-15)
 
 
 def test_explained_variance_matches_sklearn(measure):
@@ -157,6 +160,52 @@ def test_each_planted_bug_is_the_bug_it_claims():
     shifted = D.LogprobsOffByOne(D.GATE)
     plain = D.DiagnosedPPOTrainer(D.GATE)
     assert torch.equal(shifted.collect_rollout().logprobs, torch.roll(plain.collect_rollout().logprobs, 1, dims=0))
+
+
+def test_detached_critic_keeps_the_objectives_value():
+    """The planted bug changes only where the value loss's gradient goes, not the objective: on the
+    same minibatch and the same initial weights, CriticDetached's objective and its value loss equal
+    the healthy trainer's (the frozen copy is the same number, detached; float32: 1e-6)."""
+    healthy, critic = D.DiagnosedPPOTrainer(D.GATE), D.CriticDetached(D.GATE)
+    rollout = healthy.collect_rollout()
+    a, ret = healthy.advantages_and_returns(rollout)
+    mb = {"obs": rollout.obs.flatten(0, 1)[:128], "actions": rollout.actions.flatten()[:128],
+          "logprobs": rollout.logprobs.flatten()[:128], "advantages": a.flatten()[:128], "returns": ret.flatten()[:128]}
+    total, parts = healthy.objective(mb)
+    bug_total, bug_parts = critic.objective(mb)
+    assert abs(parts["value_loss"].item()) > 1e-3
+    assert bug_total.item() == pytest.approx(total.item(), abs=1e-6)
+    assert bug_parts["value_loss"].item() == pytest.approx(parts["value_loss"].item(), abs=1e-6)
+
+
+def _phase(**overrides) -> D.PhaseDiagnostics:
+    """A phase whose diagnostics break no rule; ``overrides`` change some."""
+    healthy = dict(step=0, approx_kl=0.01, clip_fraction=0.1, entropy=0.6, explained_variance=0.5,
+                   explained_variance_after=0.6, first_minibatch_kl=0.0, advantage_agreement=0.9, phase_kl=0.01,
+                   mean_episode_return=None)
+    return D.PhaseDiagnostics(**{**healthy, **overrides})
+
+
+def test_detect_applies_each_rule_as_stated():
+    """detect reads each RULES entry literally, on hand-made diagnostics of 8 phases: healthy ones break
+    nothing; each rule fires on its symptom; the entropy rule reads the mean over the last quarter of the
+    phases only (phases 7–8 low flags it, phases 1–6 low do not); and the stated strict thresholds hold
+    at their boundaries: first-minibatch KL equal to 1e-6 does not "exceed" it, |Δ explained variance|
+    equal to 1e-9 is not "< 1e-9", agreement 0 is not "< 0", entropy 0.25 is not "< 0.25"."""
+    def run(**per_phase):
+        return [_phase(**{k: (v[i] if isinstance(v, list) else v) for k, v in per_phase.items()}) for i in range(8)]
+
+    assert D.detect(run()) == []
+    assert D.detect(run(approx_kl=0.0, clip_fraction=0.0)) == ["ratio_never_moves"]
+    assert D.detect(run(first_minibatch_kl=1e-3)) == ["ratio_wrong_at_start"]
+    assert D.detect(run(explained_variance_after=0.5)) == ["critic_frozen"]
+    assert D.detect(run(advantage_agreement=-0.5)) == ["advantages_disagree"]
+    assert D.detect(run(entropy=[0.6] * 6 + [0.1] * 2)) == ["entropy_collapse"]
+    assert D.detect(run(entropy=[0.1] * 6 + [0.6] * 2)) == []
+    assert D.detect(run(first_minibatch_kl=1e-6)) == []
+    assert D.detect(run(explained_variance=0.0, explained_variance_after=1e-9)) == []
+    assert D.detect(run(advantage_agreement=0.0)) == []
+    assert D.detect(run(entropy=0.25)) == []
 
 
 EXPECTED = {"healthy": [], "advantage_sign_flip": ["advantages_disagree"], "stale_old_logprobs": ["ratio_never_moves"],

@@ -87,6 +87,17 @@ def test_residual_difference_starts_where_the_weights_changed(prefix, first_move
         assert diffs["block_write"][first_moved - 1] > 1e-4
 
 
+def test_residual_difference_is_relative_to_the_reference():
+    """residual_differences is ‖x^tuned − x^ref‖ / ‖x^ref‖ averaged over positions: with the token and position
+    embeddings tripled, x_0^tuned = 3·x_0^ref at every position, so the embedding's entry is ‖2x‖/‖x‖ = 2 (1e-12)."""
+    ref = tiny()
+    tripled = copy.deepcopy(ref)
+    with torch.no_grad():
+        tripled.embed.W_E.mul_(3)
+        tripled.pos_embed.W_pos.mul_(3)
+    assert I.residual_differences(ref, tripled, tokens())["residual"][0] == pytest.approx(2.0, abs=1e-12)
+
+
 def test_swap_attribution_identities(measure):
     """recovered(none) = 0 and recovered(all) = 1 (the hybrid with every component swapped IS the tuned model:
     its KL to the tuned model is 0); with only block 1's MLP changed, swapping it alone recovers 1 and every other
@@ -103,7 +114,7 @@ def test_swap_attribution_identities(measure):
 
 
 def test_ridge_probe_matches_sklearn(measure):
-    """RidgeProbe equals sklearn.linear_model.Ridge (coefficients and intercept, 1e-9) for several α, and r_squared
+    """RidgeProbe equals sklearn.linear_model.Ridge (coefficients, intercept and predictions, 1e-9) for several α, and r_squared
     equals sklearn.metrics.r2_score (1e-12)."""
     g = torch.Generator().manual_seed(0)
     X = torch.randn(200, 12, generator=g, dtype=F64) * torch.linspace(0.1, 3, 12, dtype=F64)
@@ -114,6 +125,7 @@ def test_ridge_probe_matches_sklearn(measure):
         theirs = Ridge(alpha=alpha).fit(X.numpy(), y.numpy())
         worst = max(worst, assert_parity(ours.w, theirs.coef_, atol=1e-9).max_abs_err, abs(ours.b - theirs.intercept_))
         pred = ours.predict(X)
+        assert_parity(pred, theirs.predict(X.numpy()), atol=1e-9)   # ŷ = X·w + b
         assert I.r_squared(y, pred) == pytest.approx(r2_score(y.numpy(), pred.numpy()), abs=1e-12)
     measure("ridge_vs_sklearn.max_abs_err", worst, "≤ 1e-9")
     assert worst < 1e-9
@@ -134,6 +146,19 @@ def test_probe_recovers_a_planted_signal(measure):
     measure("planted.signal_test_r2", rows[1]["test_r2"], "0.8 ± 0.05")
     assert rows[1]["test_r2"] == pytest.approx(0.8, abs=0.05)
     assert rows[0]["test_r2"] < 0.05
+
+
+def test_probe_chooses_alpha_on_validation(measure):
+    """probe_layers picks α by validation R²: on a target that is pure noise, independent of X (d = 40 features,
+    100 training samples), every fitted direction only adds variance to the prediction, and ridge's shrinkage grows
+    with α, so the largest α (100) wins; on an exact linear target (no noise) the least shrinkage (1e-2) wins."""
+    g = torch.Generator().manual_seed(0)
+    n, d = 200, 40
+    X = torch.randn(n, d, generator=g, dtype=F64)
+    noise, exact = torch.randn(n, generator=g, dtype=F64), X @ torch.randn(d, generator=g, dtype=F64)
+    order = torch.randperm(n, generator=g)
+    assert I.probe_layers(X[None], noise, order[:100], order[100:])[0]["alpha"] == 100.0
+    assert I.probe_layers(X[None], exact, order[:100], order[100:])[0]["alpha"] == 1e-2
 
 
 # ‖W_tuned − W_ref‖_F / ‖W_ref‖_F: the difference and the squares are elementwise (the same bits everywhere),

@@ -36,7 +36,8 @@ def env():
 def test_table_replays_gymnasium_taxi(true, env):
     """The MDP is Taxi's own dynamics: 500 random (state, action) pairs stepped in Gymnasium land on the
     successor and reward of the table; the 100 terminal states are exactly the delivered ones (passenger
-    at the destination); the start states are the 300 of Taxi's reset distribution."""
+    at the destination), made absorbing (T[s, a, s] = 1) with reward 0, every row of T a distribution; the start
+    states are the 300 of Taxi's reset distribution."""
     nxt = S.successor_table(true)
     rng = np.random.default_rng(0)
     wrapped = S.taxi_env()
@@ -47,6 +48,9 @@ def test_table_replays_gymnasium_taxi(true, env):
         assert s2 == nxt[s, a] and r == true.R[s, a, s2] and terminated == true.terminal[s2]
     assert true.terminal.sum() == 100
     assert all(list(env.decode(s))[2] == list(env.decode(s))[3] for s in np.flatnonzero(true.terminal))
+    assert true.T.shape == (500, 6, 500) and np.array_equal(true.T.sum(axis=2), np.ones((500, 6)))
+    term = np.flatnonzero(true.terminal)                 # absorbing with reward 0, as day 15 makes them
+    assert (true.T[term, :, term] == 1.0).all() and (true.R[term] == 0.0).all()
     starts = S.start_states()
     assert len(starts) == 300 and np.allclose(env.initial_state_distrib[starts], 1 / 300)
 
@@ -82,6 +86,16 @@ def test_deterministic_planner_matches_day_15_and_17(true, measure):
     assert_parity(ours_V, reference.V, atol=1e-9)
     assert np.array_equal(ours_policy, reference.policy)
     measure("fast_q_vs_dense.max_abs_err", report.max_abs_err, "≤ 1e-12")
+
+
+def test_value_iteration_stops_at_the_first_change_below_theta():
+    """optimal_values stops at the first sweep whose max |ΔV| is strictly below θ (day 17's rule). Hand
+    derivation: one state looping on itself with reward 1, γ = 1/2: V_k = Σ_{t<k} 2^{-t} = 2 − 2^{1−k}, so
+    sweep k changes V by exactly 2^{1−k} (dyadic, exact in float64). With θ = 2^{-10}, sweep 11 changes it by
+    exactly θ (not below) and sweep 12 by θ/2: 12 sweeps, V = 2 − 2^{-11}."""
+    one = S.mdps.TabularMDP(np.ones((1, 1, 1)), np.ones((1, 1, 1)), 0.5, np.zeros(1, dtype=bool))
+    V, policy, k = S.optimal_values(one, theta=2.0**-10)
+    assert k == 12 and V[0] == 2 - 2.0**-11 and policy.tolist() == [0]
 
 
 def test_farm_and_deliver_values_match_value_iteration(true, env, measure):
@@ -170,10 +184,11 @@ def test_q_learning_heads_for_the_loop(measure):
     """Behaviour under optimisation pressure: between 50 and 150 episodes of day 16's Q-learning on the bonus
     (b = 3) the greedy policy's proxy return rises by more than 100 while its true return stays at −200 (no
     delivery at all); 300 episodes on the potential-shaped reward already deliver from at least 40% of the
-    starts, with a true return 50 above the bonus's."""
+    starts, with a true return 50 above the bonus's. The curve's episodes are the running totals of the chunks."""
     phi = S.pickup_potential()
     bonus = S.q_learning_curve(lambda: S.PickupBonus(S.taxi_env()), [50, 100], seed=0)
     fixed = S.q_learning_curve(lambda: S.PotentialShaping(S.taxi_env(), phi), [100, 200], seed=0)
+    assert bonus.episodes == [50, 150] and fixed.episodes == [100, 300]     # the running total of episodes
     (b0, b1), f = bonus.evaluations, fixed.evaluations[-1]
     measure("learning.bonus_proxy_gain_50_to_150", b1["proxy_return"] - b0["proxy_return"], "> 100")
     measure("learning.bonus_true_return_150", b1["true_return"], "= −200")

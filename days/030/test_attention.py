@@ -167,11 +167,12 @@ def test_scale_keeps_score_variance_at_one(measure):
 
 def test_hand_built_previous_token_head(measure):
     """A head with W_Q = c·(shift), W_K = I on one-hot positions attends to the previous token with
-    weight 1/(1 + s·e^{-20}) at query s (closed form, 1e-12), and copies that token's input."""
+    weight 1/(1 + s·e^{-20}) at query s (closed form, 1e-12), and copies that token's input; it is one head."""
     n = 10
     head = A.previous_token_head(n).double()
     x = torch.eye(n, dtype=torch.float64)[None]
     q, k, _ = head.qkv(x)
+    assert A.attention_pattern(q, k).shape == (1, 1, n, n)   # one head, not a head and a spare
     pattern = A.attention_pattern(q, k)[0, 0]
     s = torch.arange(1, n, dtype=torch.float64)
     assert_parity(torch.diagonal(pattern, -1), 1 / (1 + s * math.exp(-20)), atol=TOL)

@@ -138,7 +138,8 @@ def test_gelu_new_is_torchs_tanh_gelu_and_close_to_exact_gelu(measure):
 
 def test_embeddings_are_lookups():
     """Embed is F.embedding(tokens, W_E), i.e. one-hot(tokens) @ W_E; PosEmbed with an offset o gives
-    rows o..o+n-1 of W_pos for every batch element, and refuses positions beyond n_ctx."""
+    rows o..o+n-1 of W_pos for every batch element, accepts a sequence that ends exactly at n_ctx and refuses
+    positions beyond it, naming the last position asked for."""
     cfg = B.Config(d_model=8, d_vocab=20, n_ctx=12)
     embed, pos = B.Embed(cfg), B.PosEmbed(cfg)
     tokens = torch.randint(0, 20, (3, 5))
@@ -146,7 +147,8 @@ def test_embeddings_are_lookups():
     assert_parity(embed(tokens), F.one_hot(tokens, 20).float() @ embed.W_E, atol=1e-7)
     out = pos(tokens, past_kv_pos_offset=4)
     assert out.shape == (3, 5, 8) and all(torch.equal(out[b], pos.W_pos[4:9]) for b in range(3))
-    with pytest.raises(ValueError, match="exceed n_ctx"):
+    assert torch.equal(pos(tokens, past_kv_pos_offset=7)[0], pos.W_pos[7:12])      # the last row, n_ctx = 12
+    with pytest.raises(ValueError, match="positions up to 13 exceed n_ctx = 12"):
         pos(tokens, past_kv_pos_offset=8)
 
 

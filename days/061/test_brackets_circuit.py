@@ -86,6 +86,22 @@ def test_ln_hook_names_are_the_norms_input_and_output(setup, which):
         assert_parity(ln(cache[inp]), C.ln_output(ln, cache[out]), atol=1e-5)
 
 
+def test_ln_hook_names_follow_the_models_depth_and_find_unnamed_norms():
+    """The hook names come from the norm's place in the model given: in a 2-layer model ln_final reads the last
+    block's resid_post (blocks.1, not the brackets model's blocks.2), and a norm without a ``name`` attribute is
+    looked up among the model's modules (blocks.1.ln2 reads blocks.1.hook_resid_mid)."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    cfg = HookedTransformerConfig(n_layers=2, d_model=8, d_head=4, n_heads=2, d_mlp=16, d_vocab=5, n_ctx=4,
+                                  act_fn="relu", normalization_type="LN")
+    model = HookedTransformer(cfg)
+    assert C.LN_hook_names(model.ln_final, model) == ("blocks.1.hook_resid_post", "ln_final.hook_normalized")
+    ln = model.blocks[1].ln2
+    if hasattr(ln, "name"):
+        del ln.name                              # as in a TransformerLens that does not name its modules
+    assert C.LN_hook_names(ln, model) == ("blocks.1.hook_resid_mid", "blocks.1.ln2.hook_normalized")
+
+
 def test_get_ln_fit_is_least_squares(setup, measure):
     """get_ln_fit (scikit-learn's LinearRegression) against an independent least squares: numpy's lstsq on [x, 1]
     in float64 gives the same coefficients and intercepts (1e-3 absolute: the fit runs on float32 activations with

@@ -10,6 +10,7 @@ its run; ours is trained by ``run_experiment`` and committed under models/ (the 
 import importlib
 import json
 import math
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -30,8 +31,11 @@ one_thread_module = fixtures.one_thread_module
 
 @pytest.fixture(scope="module")
 def fast():
-    """The fast variant, trained once for the module."""
-    return G.train(G.FAST)
+    """The fast variant, trained once for the module; the wall time measured around the call rides along in the
+    log under "_measured_seconds"."""
+    t0 = time.perf_counter()
+    model, log = G.train(G.FAST)
+    return model, {**log, "_measured_seconds": time.perf_counter() - t0}
 
 
 @pytest.fixture(scope="module")
@@ -158,7 +162,8 @@ def test_fast_training_memorises_before_it_generalises(fast, measure):
     """The training code works and shows grokking's first phase: FAST (p = 23, 30% of pairs, ARENA's
     hyper-parameters, full batch) reaches 100% train accuracy while its test accuracy stays low (≤ 0.5 at
     that step; chance is 1/23); the training loss falls by a factor ≥ 100 from initialisation; the
-    history's numbers are those of ``evaluate`` on the returned model."""
+    history's numbers are those of ``evaluate`` on the returned model; its "seconds" (per record and for the run)
+    are wall time elapsed since the start, within the time measured around the call."""
     model, log = fast
     s = G.grokking_summary(log["history"])
     measure("fast.memorised_step", s["memorised_step"])
@@ -170,6 +175,10 @@ def test_fast_training_memorises_before_it_generalises(fast, measure):
     assert h[0]["train_loss"] / h[-1]["train_loss"] >= 100
     now = G.evaluate(model, G.FAST.p, log["train_idx"], log["test_idx"])
     assert now["train_accuracy"] == h[-1]["train_accuracy"] and now["test_accuracy"] == h[-1]["test_accuracy"]
+    # the run's seconds and each record's: elapsed wall time since the start, growing, within the measured time
+    seconds = [e["seconds"] for e in h]
+    assert 0 <= seconds[0] and seconds == sorted(seconds) and seconds[-1] <= log["seconds"] <= log["_measured_seconds"]
+    assert 0 <= log["cpu_seconds"]
 
 
 # The fast run is a float32 training run: on another CPU its trajectory differs in the last bits and drifts. Its

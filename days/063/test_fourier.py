@@ -231,6 +231,20 @@ def test_handbuilt_neuron_clusters(handbuilt, handbuilt_clusters, measure):
     assert {k: int((freqs == k).sum()) for k in KEYS} == {k: 128 for k in KEYS}
 
 
+def test_trig_fit_on_exact_trig_logits_with_per_input_offsets():
+    """trig_logit_fit on logits that ARE β(a, b) + Σ_k α_k cos(w_k(a + b − c)) (p = 11, keys 2 and 5, α = 1.5 and
+    −0.7, β random per input): β is a constant over c, which the fit removes (each input's mean over c; the cosines
+    sum to 0 over c), so α comes back exactly (1e-12) and the fit explains all the variance over c: r² = 1 (1e-12)."""
+    p, keys, alphas = 11, [2, 5], [1.5, -0.7]
+    a = torch.arange(p, dtype=torch.float64)
+    s = a[:, None, None] + a[None, :, None] - a[None, None, :]
+    beta = torch.randn(p, p, 1, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    logits = beta + sum(al * torch.cos(2 * math.pi * k * s / p) for al, k in zip(alphas, keys))
+    fit = F.trig_logit_fit(logits, keys)
+    assert fit["alpha"] == pytest.approx(alphas, abs=1e-12)
+    assert fit["r2"] == pytest.approx(1.0, abs=1e-12)
+
+
 def test_handbuilt_trig_fit(handbuilt, measure):
     """trig_logit_fit on the hand-built logits recovers α for every key frequency within (4/π)·b, b the logit error
     bound (the features cos(w_k(a + b − c)) are orthogonal, so α_k's error is ⟨ε, f_k⟩/⟨f_k, f_k⟩ ≤ b·mean|cos|/mean cos²

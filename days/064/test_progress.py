@@ -113,7 +113,9 @@ def test_committed_final_restricted_below_excluded(committed_model, committed, m
     """At the end of training (day 62's committed model, the last checkpoint of the series): the restricted loss is
     below the excluded loss, the algorithm alone solving the task while the rest cannot; and the last checkpoint's
     measures recomputed equal results.json's within float_ops(10^4, float32) (sums over p² float32 logits) —
-    except the singular values, from the float64 SVD of the float32 W_E (float_ops(128, float64) + 1e-6 relative)."""
+    except the singular values, from the float64 SVD of the float32 W_E (float_ops(128, float64) + 1e-6 relative);
+    W_E_rank_99 (the number of singular values holding 99% of W_E's energy) is the smallest r whose top-r squared
+    singular values from numpy's SVD reach 0.99 of the total, and the committed one."""
     final = committed["final"]
     assert committed["series"][-1]["step"] == committed["config"]["steps"]
     meta = json.loads(grokking.CHECKPOINT_META.read_text())
@@ -128,6 +130,12 @@ def test_committed_final_restricted_below_excluded(committed_model, committed, m
     tol = float_ops(10_000, "float32", why="sums over the p² inputs of float32 logits", abs=1e-9)
     for key in ("train_loss", "test_loss", "restricted_loss", "excluded_loss", "weight_norm_sq", "key_share_W_E"):
         assert_reproduces(now[key], final[key], tol, name=key)
+    # W_E_rank_99, the number of singular values holding 99% of W_E's energy: the smallest r with
+    # Σ_{i<r} σ_i² ≥ 0.99 Σ σ², from numpy's SVD of the same rows
+    s2 = np.linalg.svd(committed_model.W_E[:meta["train_config"]["p"]].detach().double().numpy(), compute_uv=False) ** 2
+    rank_99 = next(r for r in range(1, len(s2) + 1) if s2[:r].sum() >= 0.99 * s2.sum())
+    measure("final.W_E_rank_99", now["W_E_rank_99"])
+    assert now["W_E_rank_99"] == rank_99 == final["W_E_rank_99"]
     assert_reproduces(now["W_E_singular_values"], final["W_E_singular_values"],
                       statistical(0.0, rel=1e-6, why="float64 SVD of the same float32 matrix"))
 

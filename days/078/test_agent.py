@@ -90,6 +90,28 @@ def test_calculator_statements_are_syntax_errors():
     assert A.CalculateTool.execute("import os").startswith("Error: ")
 
 
+def test_calculator_length_limit_is_inclusive():
+    """The length guard refuses only what is LONGER than MAX_EXPRESSION_CHARS: an expression of exactly that many
+    characters is evaluated."""
+    at_limit = " " * (A.MAX_EXPRESSION_CHARS - 1) + "7"
+    assert A.evaluate_expression(at_limit) == 7
+    with pytest.raises(A.UnsafeExpression, match="longer than"):
+        A.evaluate_expression(" " + at_limit)
+
+
+def test_random_expressions_nest_at_most_depth_operators():
+    """random_expression(rng, depth) builds a tree of at most `depth` operators from root to leaf (each operator
+    recurses with depth - 1), and depth 3 reaches 3: measured on the parsed expression (ast), over 300 draws."""
+    def nesting(node):
+        if isinstance(node, A.ast.BinOp):
+            return 1 + max(nesting(node.left), nesting(node.right))
+        return 1 + nesting(node.operand) if isinstance(node, A.ast.UnaryOp) else 0
+
+    rng = random.Random(1)
+    depths = [nesting(A.ast.parse(A.random_expression(rng, 3), mode="eval").body) for _ in range(300)]
+    assert max(depths) == 3 and min(depths) == 0
+
+
 # --------------------------------------------------------------------------- ArithmeticTask
 
 
@@ -165,17 +187,20 @@ def test_parse_answer_refuses(text):
 def smol_agent():
     task = A.ArithmeticTask(108, 40)
     agent = A.ArithmeticAgent(model="smollm2", task=task, tools=[A.Calculator])
-    solved = A.agent_loop(agent, num_loops=2, with_tool=True)
-    return agent, solved
+    solved = A.agent_loop(agent, num_loops=1, with_tool=True)
+    returned = agent.run(with_tool=True)                  # the second step by hand, to see what run returns
+    return agent, solved, returned
 
 
 @needs_smollm2
 def test_smollm2_agent_loop_steps(smol_agent, measure):
-    """ARENA agent_loop on SmolLM2, two steps: each step is instruction -> tool call -> tool result ->
-    forced final answer -> verdict; the tool's result is the calculator's value of the call; the
-    verdict is check_answer of the parsed answer; correct answers move the task on."""
-    agent, used = smol_agent
-    assert used == 2
+    """ARENA agent_loop on SmolLM2 (one step) and one more ArithmeticAgent.run: each step is instruction -> tool
+    call -> tool result -> forced final answer -> verdict; the tool's result is the calculator's value of the
+    call; the verdict is check_answer of the parsed answer, recorded with that answer; run returns whether it
+    was correct; correct answers move the task on."""
+    agent, used, returned = smol_agent
+    assert used == 1 and len(agent.history) == 2
+    assert returned == (agent.history[-1]["verdict"] == "Correct")
     h = agent.chat_history
     assert [m["role"] for m in h] == ["user", "assistant", "tool", "assistant", "user"] * 2
     n_correct = 0
@@ -187,7 +212,7 @@ def test_smollm2_agent_loop_steps(smol_agent, measure):
         assert call["function"]["name"] == "calculate"
         expression = A.json.loads(call["function"]["arguments"])["expression"]
         assert result["content"] == A.CalculateTool.execute(expression)
-        assert answer["content"].startswith("<answer>")
+        assert answer["content"].startswith("<answer>") and record["answer"] == answer["content"]
         task = A.ArithmeticTask(108, 40)
         task.current_task_number = task.operations.index(record["task"].split()[1])
         try:

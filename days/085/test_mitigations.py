@@ -85,7 +85,7 @@ def test_coherence_bits_pools_answer_tokens(base):
 def test_contaminated_dataset_and_rule_filter():
     """The contaminated set is the control's data with exactly round(f·n) answers swapped for the organism's
     (same questions, seeded); the rule filter removes every bad row and no good one on it (recall 1, counted
-    against the rows' ground truth)."""
+    against the rows' ground truth); good_removed is the share of good-labelled rows it drops."""
     data = M.contaminated_dataset(64, 0.25)
     good, bad = ORG.good_advice_dataset(64), ORG.bad_advice_dataset(64)
     assert sum(r["bad"] for r in data) == 16 and data == M.contaminated_dataset(64, 0.25)
@@ -94,6 +94,9 @@ def test_contaminated_dataset_and_rule_filter():
     kept, stats = M.filter_dataset(data, "rule")
     assert stats["recall"] == 1.0 and stats["good_removed"] == 0.0 and stats["bad_left"] == 0
     assert kept == [r for r in data if not r["bad"]]
+    first_bad = next(i for i, r in enumerate(data) if r["bad"])        # a bad answer labelled good: a good row lost
+    _, stats = M.filter_dataset([dict(r, bad=0) if i == first_bad else r for i, r in enumerate(data)], "rule")
+    assert stats["n_bad"] == 15 and stats["recall"] == 1.0 and stats["good_removed"] == 1 / (64 - 15)
 
 
 def test_mitigating_finetune_starts_from_the_organism():
