@@ -132,6 +132,37 @@ def test_copying_scores_match_arena_and_the_forward_route(g64, measure):
     measure("gpt2_float64.ov_vs_forward_route.max_abs_err", worst, "≤ 1e-9")
 
 
+def test_ov_name_logits_without_an_odd_final_norm(g64, measure):
+    """ov_name_logits (ARENA §4's copying score: unembed(ln_final(x W_OV)) and unembed(ln_final(−x W_OV))) on a model
+    whose final norm is a LayerNorm with its own weight and bias (not odd: the shortcut through −z does not apply)
+    equals ARENA's two unembeddings written out literally, per head, to 1e-12 in float64."""
+    from transformer_lens.components import LayerNorm
+
+    model, ds = g64
+    plain = copy.deepcopy(model)
+    g = torch.Generator().manual_seed(7)
+    ln = LayerNorm(plain.cfg).to(torch.float64)
+    with torch.no_grad():
+        ln.w.copy_(1 + 0.1 * torch.randn(ln.w.shape, generator=g, dtype=torch.float64))
+        ln.b.copy_(0.1 * torch.randn(ln.b.shape, generator=g, dtype=torch.float64))
+    plain.ln_final = ln
+    assert not C._odd_final_norm(plain)
+    tokens = C.name_tokens(plain, ds.names[:6])
+    resid = C.names_after_mlp0(plain, tokens)
+    heads = [(0, 1), (1, 2)]
+    pos, neg = C.ov_name_logits(plain, heads, resid)
+    worst = 0.0
+    with torch.no_grad():
+        for i, (layer, h) in enumerate(heads):
+            W_OV = plain.W_V[layer, h] @ plain.W_O[layer, h]
+            ref_pos = plain.unembed(plain.ln_final(resid[:, None] @ W_OV))[:, 0]
+            ref_neg = plain.unembed(plain.ln_final(resid[:, None] @ -W_OV))[:, 0]
+            worst = max(worst, assert_parity(pos[i], ref_pos, atol=1e-12).max_abs_err,
+                        assert_parity(neg[i], ref_neg, atol=1e-12).max_abs_err)
+            assert (ref_pos + ref_neg - 2 * plain.b_U).abs().max() > 1e-3      # the norm really is not odd
+    measure("gpt2_float64.ov_name_logits_layernorm_vs_literal.max_abs_err", worst, "≤ 1e-12")
+
+
 def near_cut(logits, tokens, k, tol):
     """How many names' logits lie within tol of the k-th / (k+1)-th boundary of their row."""
     top = logits.topk(k + 1, -1).values
@@ -280,6 +311,52 @@ def test_classify_heads_on_hand_made_scores():
     assert C.classify_heads(both, kv)["backup name mover"] == ["L2H2"]
     circuit = C.circuit_of(got)
     assert circuit["name mover"] == [(3, 0)] and "direct, no name" not in circuit
+
+
+def test_classify_heads_thresholds_are_inclusive():
+    """classify_heads' docstring states each threshold as inclusive (attends ≥ attention, copying ≥ copying,
+    path_final ≤ −path / ≥ +path, path into the name movers' queries ≤ −s_inhibition, |key/value path| ≥
+    key_value, score ≥ pattern, backup rise ≥ backup) and "more than" / "as much as" as strict: a head built with
+    every condition exactly at its threshold joins its class; one attending exactly ``attention`` to IO is not
+    "direct, no name"."""
+    t = C.THRESHOLDS
+    z = lambda: torch.zeros(4, 3, dtype=torch.float64)  # noqa: E731
+    s = {k: z() for k in ("copying", "negative_copying", "end_to_IO", "end_to_S1", "end_to_S2", "S2_to_S1", "S2_to_S1+1",
+                          "S1+1_to_S1", "induction", "duplicate", "prev", "backup", "path_final")}
+    s["path_nm_q"] = torch.zeros(3, 3, dtype=torch.float64)
+    A, P = t["attention"], t["path"]
+    s["end_to_IO"][3, 0], s["copying"][3, 0], s["path_final"][3, 0] = A, t["copying"], -P              # name mover
+    s["end_to_IO"][3, 1], s["negative_copying"][3, 1], s["path_final"][3, 1] = A, t["copying"], P      # negative nm
+    s["end_to_S2"][3, 2], s["negative_copying"][3, 2], s["path_final"][3, 2] = A, t["copying"], -P     # suppressor
+    s["path_final"][1, 0] = P                                                                          # direct
+    s["end_to_IO"][1, 2], s["path_final"][1, 2] = A, -P                          # attends IO: not direct, nothing
+    s["path_nm_q"][2, 0] = -t["s_inhibition"]                                                          # s2 inhibition
+    s["induction"][1, 1], s["S2_to_S1+1"][1, 1] = t["pattern"], A                                      # induction
+    s["duplicate"][0, 2], s["S2_to_S1"][0, 2] = t["pattern"], A                                        # duplicate
+    s["prev"][0, 0], s["S1+1_to_S1"][0, 0] = t["pattern"], A                                           # previous token
+    s["backup"][2, 2], s["end_to_IO"][2, 2] = t["backup"], A                                           # backup
+    kv = {"L1H1": t["key_value"], "L0H2": -t["key_value"]}
+    got = C.classify_heads(s, kv, into_induction={"L0H0": -t["key_value"]})
+    assert got == {"name mover": ["L3H0"], "negative name mover": ["L3H1"], "subject suppressor": ["L3H2"],
+                   "direct, no name": ["L1H0"], "s2 inhibition": ["L2H0"], "induction": ["L1H1"],
+                   "duplicate token": ["L0H2"], "previous token": ["L0H0"], "backup name mover": ["L2H2"]}
+
+
+def test_day54_paths_keeps_only_key_and_value_senders(tmp_path):
+    """day54_paths' senders_kv holds the screened senders into a circuit head's key or value (label → the largest
+    |effect| over those paths, the key_value rule of classify_heads); a sender screened only into a query is not
+    one of them. Checked on a hand-made file in day 54's layout."""
+    r = {"screened_paths": {"name_movers_k": [{"label": "L0H1", "value": -0.02}],
+                            "name_movers_v": [{"label": "L0H1", "value": 0.01}, {"label": "L1H0", "value": 0.03}],
+                            "s_suppressor_q": [{"label": "L0H2", "value": 0.5}, {"label": "L1H0", "value": -0.9}]},
+         "path_heads_nm_q_top": [{"label": "L0H2", "value": -0.1}],
+         "path_final": [[0.0, 0.1], [0.2, 0.0]], "path_heads_nm_q": [[0.0, -0.1]],
+         "receivers": {}, "n_heads_prompts": 4}
+    path = tmp_path / "day54.json"
+    path.write_text(json.dumps(r))
+    paths = C.day54_paths(path)
+    assert paths["senders_kv"] == {"L0H1": 0.02, "L1H0": 0.03}
+    assert len(paths["edges"]) == 6
 
 
 # ---------------------------------------------------------------- the committed results

@@ -173,6 +173,61 @@ def test_minimality_and_completeness_are_wangs_differences(g64):
     assert abs(comp["incompleteness"]["value"] - abs(comp["F_C_minus_K"] - comp["F_M_minus_K"])) < 1e-12
 
 
+TWO_HEAD_CIRCUIT = {"a": [(0, 1), (1, 0)], "b": [(0, 2)]}
+TWO_HEAD_POS = {"a": "end", "b": "all"}
+
+
+def test_criteria_are_their_formulas_on_a_class_of_two(g64):
+    """On a circuit whose class "a" has two heads that both write to the end position (so each matters):
+    minimality with K = the rest of v's class is |F(C \\ {rest, v}) − F(C \\ {rest})| (Wang et al.), its
+    fraction_of_F_C is that score divided by F(C), both from ablated runs computed directly (1e-12); faithfulness'
+    "normalised" is (F(C) − F(∅)) / (F(M) − F(∅)) of its own F entries (1e-12)."""
+    model, ds, abc = g64
+    ev = V.Evaluator(model, ds, abc, TWO_HEAD_CIRCUIT, TWO_HEAD_POS)
+    direct = lambda ks: V.logit_diffs(model, ds, abc, ev.means, V.circuit_minus(TWO_HEAD_CIRCUIT, ks),  # noqa: E731
+                                      TWO_HEAD_POS).mean().item()
+    f_c = direct([])
+    mini = V.minimality(ev, n_boot=50)
+    for v, rest in (((0, 1), [(1, 0)]), ((1, 0), [(0, 1)])):
+        gap = abs(direct(rest + [v]) - direct(rest))
+        assert gap > 1e-6                                                 # the class row is not a trivial zero
+        row = mini[cd.label(v)]
+        assert abs(row["by_K"]["class"]["value"] - gap) < 1e-12
+        assert abs(row["fraction_of_F_C"] - row["value"] / f_c) < 1e-12
+    f = V.faithfulness(ev, n_boot=50)
+    m, c, e = f["F_M"]["value"], f["F_C"]["value"], f["F_empty"]["value"]
+    assert abs(c - f_c) < 1e-12
+    assert f["normalised"]["value"] == pytest.approx((c - e) / (m - e), abs=1e-12)
+
+
+def test_means_by_template_on_a_one_layer_model():
+    """compute_means_by_template on any HookedTransformer, a one-layer one included: each prompt's row holds its
+    template's mean z from a separate run of those prompts (1e-12, float64)."""
+    from checks.models import random_gpt2
+
+    model = random_gpt2(n_layers=1, d_model=32, n_heads=2, n_ctx=64)[0].to(torch.float64)
+    ds = ioi.IOIDataset("mixed", 4, model.tokenizer, seed=2, templates=[0, 5])
+    means = V.compute_means_by_template(ds, model)
+    ref = direct_means(model, ds)
+    assert means.dtype == torch.float64 and means.shape[0] == 1
+    for i, p in enumerate(ds.prompts):
+        width = ds.word_idx["end"][i] + 1
+        assert_parity(means[:, i, :width], ref[p["template"]][:, :width], atol=1e-12)
+
+
+def test_bootstrap_resamples_every_prompt():
+    """bootstrap_ci resamples the prompts with replacement, each of the n equally likely: with n = 4 and the
+    statistic "share of draws that are prompt j", each resample's value is Binomial(4, 1/4)/4, nonzero with
+    probability 1 − (3/4)^4 ≈ 0.68, so the 97.5% percentile is > 0 and the point is 1/4, for every j (the first
+    included)."""
+    n = 4
+    for j in range(n):
+        onehot = np.zeros(n)
+        onehot[j] = 1.0
+        point, lo, hi = V.bootstrap_ci(np.mean, onehot, n_boot=400, seed=0)
+        assert point == 0.25 and lo == 0.0 and hi >= 0.5
+
+
 def test_bootstrap_interval():
     """bootstrap_ci: the percentile interval of the mean agrees with scipy.stats.bootstrap's percentile interval on
     the same sample (within the Monte Carlo error of 4000 resamples: 10% of the width), contains the point estimate,

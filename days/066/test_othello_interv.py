@@ -167,10 +167,39 @@ def test_neuron_weights_are_cosine_similarities(model, probes):
         assert w_in.abs().max() <= 1 + 1e-6
 
 
+def test_probe_directions_are_unit_columns():
+    """ARENA's normalised probe directions: my_probe ∥ mine − theirs and blank_probe ∥ blank − (mine + theirs)/2,
+    each square's column of unit norm (torch's cosine_similarity = 1 with the raw difference; float64, 1e-12)."""
+    W = torch.randn(16, 8, 8, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    my, blank = I.probe_directions(W)
+    for got, raw in ((my, W[..., I.MINE] - W[..., I.THEIRS]),
+                     (blank, W[..., I.BLANK] - (W[..., I.MINE] + W[..., I.THEIRS]) / 2)):
+        torch.testing.assert_close(got.norm(dim=0), torch.ones(8, 8, dtype=torch.float64), atol=1e-12, rtol=0)
+        torch.testing.assert_close(F.cosine_similarity(got, raw, dim=0), torch.ones(8, 8, dtype=torch.float64),
+                                   atol=1e-12, rtol=0)
+
+
+def test_neuron_output_to_moves_is_the_centred_direct_effect(model):
+    """neuron_output_to_moves: one unit of the neuron's output, unembedded (model.unembed less its bias: the direct
+    path), moves the 60 playable squares' logits; softmax ignores a shift common to all moves, so the map is the effect
+    relative to the average move: square-to-square differences equal the unembedding's (1e-5), the 60 values sum to 0,
+    and the 4 centre squares (no move) read 0."""
+    L = model.cfg.n_layers
+    for neuron in (3, 100):
+        got = I.neuron_output_to_moves(model, L - 1, neuron).reshape(64)
+        with torch.no_grad():
+            ref = (model.unembed(model.W_out[L - 1, neuron][None, None]) - model.b_U)[0, 0, 1:]
+        playable = got[O.stoi_indices]
+        torch.testing.assert_close(playable - playable[0], ref - ref[0], atol=1e-5, rtol=0)
+        assert abs(float(playable.sum())) <= 1e-4 * float(ref.abs().max())
+        centre = [27, 28, 35, 36]
+        assert torch.equal(got[centre], torch.zeros(4))
+
+
 def test_one_neuron_explained(model, probes, test_games, committed, measure):
     """The neuron of the last MLP whose activation correlates best with one square's legality (committed: the same
     neuron and square, recomputed on the same 300 games): its activation separates "legal" from "not legal" there
-    with ROC AUC ≥ 0.9 (scikit-learn), and it reads that square as blank: its input weight along the blank direction
+    with ROC AUC ≥ 0.9 (scikit-learn), its correlation is Pearson's r (numpy's corrcoef, 1e-5; every |r| ≤ 1), and it reads that square as blank: its input weight along the blank direction
     is largest at that square of all 64. Its direct effect on that square's move logit ranks as committed (exact:
     a comparison of 64 numbers)."""
     games, replay = test_games
@@ -189,3 +218,6 @@ def test_one_neuron_explained(model, probes, test_games, committed, measure):
     assert_reproduces(auc, c["auc"], float_ops(300 * 59, "float32", why="the same activations, ranked"))
     assert_reproduces(rank, c["move_logit_rank"], exact("a rank among 64 well-separated numbers"))
     assert auc >= 0.9 and int(w_blank.argmax()) == nl["square"] and w_blank[nl["square"]] > 0
+    # "correlation": Pearson's r, numpy's corrcoef of the best pair's activations and legality, and |r| ≤ 1 for all
+    assert nl["best_corr"] == pytest.approx(np.corrcoef(nl["acts"], nl["legal"])[0, 1], abs=1e-5)
+    assert np.abs(nl["corr"]).max() <= 1 + 1e-5

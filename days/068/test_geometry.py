@@ -91,6 +91,39 @@ def test_tetrahedron_orthonormal_and_lone_features():
                                atol=0, rtol=EPS_REL)
 
 
+def test_configurations_are_the_named_shapes():
+    """The configurations as their docstrings and the paper define them: regular_polygon's column j is the unit vector
+    at angle phase + 2πj/k (math.cos/sin, 1e-12); the tetrahedron's four vertices lie on the unit sphere with every
+    pair at cos θ = −1/3 (a regular tetrahedron's central angle); nearest_fraction returns the named fraction nearest
+    to d and its distance |f − d| (d = 0.7: 2/3 at 0.0333 beats 3/4 at 0.05)."""
+    for k, phase in ((3, 0.37), (5, -1.1)):
+        P = G.regular_polygon(k, phase)
+        ref = torch.tensor([[math.cos(phase + 2 * math.pi * j / k) for j in range(k)],
+                            [math.sin(phase + 2 * math.pi * j / k) for j in range(k)]], dtype=torch.float64)
+        torch.testing.assert_close(P, ref, atol=1e-12, rtol=0)
+    T = G.tetrahedron()
+    torch.testing.assert_close(T.T @ T, torch.full((4, 4), -1 / 3, dtype=torch.float64).fill_diagonal_(1.0),
+                               atol=1e-12, rtol=0)
+    best, dist = G.nearest_fraction(0.7)
+    assert best == Fraction(2, 3) and dist == pytest.approx(0.7 - 2 / 3, abs=1e-12)
+    best, dist = G.nearest_fraction(0.26)
+    assert best == Fraction(1, 3) and dist == pytest.approx(1 / 3 - 0.26, abs=1e-12)
+
+
+def test_runs_build_the_stated_models():
+    """The two runs' models carry the data they are documented to train on: train_geometry, ARENA's feature-geometry
+    run, uses importance 1 for every feature and the run's densities, one per instance; train_on_dataset's model has
+    feature probability 1 − sparsity (S = 1 − p, Henighan et al.) and importance 1 (one step each, tiny sizes)."""
+    run = G.GeometryRun(n_features=6, d_hidden=2, n_inst=3, steps=1, batch_size=8)
+    model = G.train_geometry(run)
+    assert torch.equal(model.importance, torch.ones(3, 6))
+    torch.testing.assert_close(model.feature_probability, run.probabilities()[:, None].expand(3, 6))
+    dd = G.DoubleDescentRun(n_features=6, n_inst=2, steps=1, warmup=1)
+    m2 = G.train_on_dataset(G.generate_dataset(4, 2, 6, 0.5, seed=0), dd, seed=0)
+    torch.testing.assert_close(m2.feature_probability, torch.full((2, 6), 1 - dd.sparsity))
+    assert torch.equal(m2.importance, torch.ones(2, 6))
+
+
 @pytest.fixture(scope="module")
 def small_geometry():
     """Trained with day 67's ToyModel and training recipe: two sparse features in one dimension (p = 0.05) and five

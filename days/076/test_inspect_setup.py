@@ -431,3 +431,71 @@ def test_experiment_reproduces_the_committed_eval(tmp_path, committed, measure):
         key = "choice" if name == "logprob" else "answer_letter"
         same = sum(x.scores[key].answer == y.scores[key].answer for x, y in zip(a.samples, b.samples))
         assert same >= 0.9 * len(a.samples)
+
+
+# --------------------------------------------------------------------------- proposed (judge of day 76's survivors)
+
+
+def test_full_shuffle_draws_from_the_rng_it_is_given():
+    """record_to_sample_full(shuffle=True, rng=...) (alignment_eval: "shuffle permutes the choices with
+    random.Random(seed)"): the same seeded rng gives the same orders whatever the global random state; without
+    an rng it draws from the random module, as record_to_sample_shuffle does (reseeding it reproduces)."""
+    random.seed(1)
+    a = [T.record_to_sample_full(r, "system", rng=random.Random(7)).metadata["order"] for r in RECORDS]
+    random.seed(2)
+    b = [T.record_to_sample_full(r, "system", rng=random.Random(7)).metadata["order"] for r in RECORDS]
+    assert a == b
+    random.seed(3)
+    c = [T.record_to_sample_full(r, "system").choices for r in RECORDS]
+    random.seed(3)
+    assert c == [T.record_to_sample_full(r, "system").choices for r in RECORDS]
+
+
+def test_system_message_goes_right_after_the_last_system_message_later_in_a_chain(tmp_path):
+    """ARENA's system_message inserts right after the last existing system message, wherever it runs in the chain:
+    after a generate() on a record with its own system prompt the messages are [system, ours, user, assistant]."""
+    record = next(r for r in RECORDS if r["system"])
+    log = _eval(Task(dataset=MemoryDataset([T.record_to_sample(record)]),
+                     solver=[generate(), T.system_message("Be honest.")]), tmp_path,
+                custom_outputs=chain_model)
+    [s] = log.samples
+    assert [(m.role, m.text if m.role == "system" else None) for m in s.messages] == [
+        ("system", record["system"]), ("system", "Be honest."), ("user", None), ("assistant", None)]
+
+
+def test_self_critique_template_can_use_the_samples_metadata(tmp_path):
+    """self_critique_format passes the sample's metadata to both templates (ARENA: **metadata), leaving out only the
+    keys it fills itself: a critique template asking about {behavior_category} shows the critic the record's
+    category, and a metadata key named like one of its own fields does not clash."""
+    from inspect_ai.dataset import Sample
+
+    record = RECORDS[0]
+    seen = []
+
+    def critic_output(messages, tools, tool_choice, config):
+        seen.append(messages[-1].text)
+        out = ModelOutput.from_content("mockllm/model", CRITIQUE)
+        out.usage = _usage()
+        return out
+
+    critic = get_model("mockllm/model", custom_outputs=critic_output)
+    sample = T.record_to_sample(record)
+    sample = Sample(input=sample.input, target=sample.target, choices=sample.choices,
+                    metadata={**sample.metadata, "question": "not the question"})
+    template = T.TEMPLATE_MCQ_CRITIQUE + "\n[Category]: {behavior_category}"
+    _eval(Task(dataset=MemoryDataset([sample]),
+               solver=[T.multiple_choice_format(), generate(), T.self_critique_format(critic, template), generate()]),
+          tmp_path, custom_outputs=chain_model)
+    assert seen and f"[Category]: {record['behavior_category']}" in seen[0] and record["question"] in seen[0]
+
+
+def test_alignment_eval_answers_greedily():
+    """The eval the post reports is greedy (temperature 0): alignment_eval's generate path sets it."""
+    assert T.alignment_eval(n=1).config.temperature == 0.0
+
+
+def test_wilson_interval_needs_a_positive_n():
+    """wilson_interval: n ≤ 0 has no proportion: a ValueError (not a division by zero) for n = 0 and n < 0."""
+    for n in (0, -1):
+        with pytest.raises(ValueError, match="positive"):
+            T.wilson_interval(0, n)

@@ -264,6 +264,19 @@ def test_greedy_baseline(small, wiki, games):
     assert wins >= len(games) // 2  # a strong baseline on this graph (measured in the experiment)
 
 
+def test_greedy_prefers_unvisited_links_and_falls_back_to_visited(small):
+    """greedy_policy's docstring: when the goal is not linked it picks among the *unvisited* links (France → Seine
+    goes to Paris, whose lead is the goal's; once Paris has been visited it picks Germany or Spain instead); on a
+    page whose every link was visited it still moves (Poland's only link, Germany, where the game began)."""
+    task = W.WikiGame("France", "Seine", small)
+    task.move_to("Paris")
+    task.move_to("France")
+    assert W.greedy_policy(task) in {"Germany", "Spain"}
+    stuck = W.WikiGame("Germany", "Atlantic", small)
+    stuck.move_to("Poland")
+    assert W.greedy_policy(stuck) == "Germany"
+
+
 @needs_smollm2
 def test_smollm2_agent_plays_without_crashing(wiki, games, measure):
     """Issue 15: the WikiAgent on SmolLM2 (model layer of day 71, greedy) plays a step end to end: its reply is
