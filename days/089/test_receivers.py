@@ -288,3 +288,76 @@ def test_committed_smollm2_first_trace_kurtosis(committed):
     assert_reproduces(np.nan_to_num(R.compute_head_kurtosis(v).numpy(), nan=-99.0).tolist(),
                       np.nan_to_num(np.array(first["kurtosis"], dtype=float), nan=-99.0).tolist(),
                       Tolerance("float32 patterns, a fourth moment of block means", rel=1e-3, abs=1e-3))
+
+
+def test_average_attention_by_chunk_keeps_any_leading_dims():
+    """The docstring's contract, '(..., q, k) -> (..., n_chunks, n_chunks)': a single (q, k) pattern and a
+    (head, q, k) stack give the block means R A Rᵀ too (R the row-normalised span indicator matrix)."""
+    g = torch.Generator().manual_seed(9)
+    spans = [(0, 2), (2, 5), (5, 7)]
+    ind = torch.zeros(len(spans), 7)
+    for i, (s, e) in enumerate(spans):
+        ind[i, s:e] = 1 / (e - s)
+    for shape in ((7, 7), (3, 7, 7)):
+        attn = torch.rand(*shape, generator=g)
+        torch.testing.assert_close(R.average_attention_by_chunk(attn, spans), ind @ attn @ ind.T, atol=1e-6, rtol=1e-6)
+
+
+def test_toy_example_and_top_token_counts(toy, toy_result):
+    """The result's example is trace 0 of the same 100 traces: each listed head's vertical scores (NaN → 0) are
+    get_vertical_scores of that trace's block-averaged patterns over toy_units, recomputed here; and
+    ``top_token_in_line`` counts, over the n traces, the position within its line (0..LINE_LEN−1) of the unit with
+    the largest vertical score: LINE_LEN bins summing to n."""
+    ex = toy_result["example"]
+    tokens = torch.tensor(ex["tokens"])
+    assert torch.equal(tokens, TOY.make_traces(toy_result["n"], 11)["tokens"][0])
+    vert = R.get_vertical_scores(R.average_attention_by_chunk(R.all_attention_patterns(toy, tokens), R.toy_units()))
+    for name, got in ex["vertical"].items():
+        layer, head = int(name[1]), int(name[3])
+        np.testing.assert_allclose(got, np.nan_to_num(vert[layer, head].numpy(), nan=0.0), atol=1e-6, rtol=0)
+    for stats in toy_result["heads"].values():
+        assert len(stats["top_token_in_line"]) == TOY.LINE_LEN
+        assert sum(stats["top_token_in_line"]) == toy_result["n"]
+
+
+SHORT_TRACES = [   # tiny step-by-step traces of 5 sentences: 4 vertical scores each (the excess kurtosis of any 3
+    # numbers is −1.5, so fewer would make every head's kurtosis the same)
+    {"question": "2+3?", "chunks": ["2 plus 3.", "That is 5.", "Check: 5.", "So 5.", "The answer is 5."],
+     "categories": ["setup", "compute", "check", "setup", "answer"], "forced_importance": [0.1, 0.5, -0.2, 0.2, 0.0]},
+    {"question": "4+1?", "chunks": ["4 and 1.", "Add them.", "Sum 5.", "Yes.", "The answer is 5."],
+     "categories": ["setup", "compute", "compute", "check", "answer"], "forced_importance": [0.3, -0.1, 0.4, 0.6, 0.0]},
+]
+
+
+def test_smollm2_receivers_aggregates_the_traces():
+    """smollm2_receivers on two short traces, against each trace's vertical scores recomputed here with the tested
+    primitives: kurtosis is the (layer, head) nanmean over traces; first_trace's kurtosis is trace 0's; the
+    split-half Spearman compares trace 0's with trace 1's head kurtosis (scipy); the receiver score of a sentence is
+    the mean over the receiver heads, NaN sentences (the last of each trace) dropped, and by category it is the
+    numpy mean over that category's sentences; vertical vs forced importance is scipy's Spearman."""
+    out = R.smollm2_receivers(SHORT_TRACES)
+    ht = smollm2_hooked()
+    verts = []
+    for t in SHORT_TRACES:
+        tokens, spans = R.trace_token_spans(ht.tokenizer, COT.cot_messages(t["question"]), t["chunks"])
+        verts.append(R.get_vertical_scores(R.average_attention_by_chunk(R.all_attention_patterns(ht, tokens), spans)))
+    kurts = [R.compute_head_kurtosis(v).numpy() for v in verts]
+    assert out["n_traces"] == 2
+    np.testing.assert_allclose(out["kurtosis"], np.nanmean(np.stack(kurts), 0), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(out["first_trace"]["kurtosis"], kurts[0], rtol=1e-9, atol=1e-9)
+    assert out["split_half_spearman"] == pytest.approx(scipy.stats.spearmanr(kurts[0].ravel(), kurts[1].ravel()).statistic,
+                                                       abs=1e-9)
+    heads = [tuple(h) for h in out["receiver_heads"]]
+    rec, imp, cats = [], [], []
+    for t, v in zip(SHORT_TRACES, verts):
+        score = np.mean([v[layer, h].numpy() for layer, h in heads], axis=0)
+        keep = ~np.isnan(score)
+        rec += score[keep].tolist()
+        imp += np.asarray(t["forced_importance"])[keep].tolist()
+        cats += np.asarray(t["categories"])[keep].tolist()
+    assert out["n_sentences"] == len(rec) == sum(len(t["chunks"]) - 1 for t in SHORT_TRACES)
+    assert out["vertical_vs_forced_importance_spearman"] == pytest.approx(scipy.stats.spearmanr(rec, imp).statistic,
+                                                                         abs=1e-9)
+    cats = np.asarray(cats)
+    ref = {c: float(np.mean(np.asarray(rec)[cats == c])) for c in set(cats)}
+    assert out["receiver_vertical_by_category"] == pytest.approx(ref, rel=1e-9)

@@ -99,6 +99,23 @@ def test_api_target_needs_a_key(monkeypatch):
         A.generate_response("claude-sonnet-4", [{"role": "user", "content": "hi"}])
 
 
+
+def test_unknown_target_model_raises():
+    """load_model knows exactly three names (smollm2, lora:kiwi, organism:083); any other name raises ValueError."""
+    with pytest.raises(ValueError, match="unknown target model"):
+        A.load_model("no-such-model")
+
+
+def test_api_target_is_asked_for_a_greedy_reply(monkeypatch):
+    """generate_response is the target's greedy reply on the API path too: day 71's generate_response is called with
+    temperature 0 and the caller's max_tokens (a scripted API stands in: scaffolding only)."""
+    calls = []
+    monkeypatch.setattr(llm, "generate_response", lambda model, messages, **kw: calls.append((model, messages, kw)) or "ok")
+    msgs = [{"role": "user", "content": "hi"}]
+    assert A.generate_response("gpt-4o-mini", msgs, max_tokens=7) == "ok"
+    assert calls == [("gpt-4o-mini", msgs, {"temperature": 0.0, "max_tokens": 7})]
+
+
 # --------------------------------------------------------------------------- the toolkit
 
 
@@ -139,6 +156,20 @@ def test_rollback_restores_the_exact_state(echo_target):
         with pytest.raises(ValueError):
             kit.rollback(bad)
     assert kit.state == before
+
+
+def test_rollback_reports_what_the_auditor_can_undo(echo_target):
+    """The rollback tool's text (what the auditor reads, errors included via the dispatcher's "Error: ..."): with k
+    exchanges it can undo 0..k; after rolling back 1 of 2 exchanges the conversation has 1 (2 messages)."""
+    kit = A.AuditorToolkit(A.QUIRKS["brand"])
+    with pytest.raises(ValueError, match=r"can roll back 0\.\.0 exchanges, not 1"):
+        kit.rollback(1)
+    kit.call("send_message", {"message": "one"})
+    kit.call("send_message", {"message": "two"})
+    with pytest.raises(ValueError, match=r"can roll back 0\.\.2 exchanges, not 3"):
+        kit.rollback(3)
+    assert kit.call("rollback", {"n": 1}) == "Rolled back 1 exchange(s); the conversation has 1 exchange(s)."
+    assert len(kit.state.conversation) == 2
 
 
 def test_prefill_and_system_prompt_tools(echo_target):
@@ -282,6 +313,42 @@ def test_lora_training_lowers_the_loss_and_leaves_the_shared_model(model):
                                      add_generation_prompt=True)
     assert mask[1].sum().item() == len(tok(prompt, add_special_tokens=False)["input_ids"]) + len(answer)
     assert ids.shape == labels.shape == mask.shape
+
+
+def test_lm_loss_batch_pads_with_the_pad_token_else_eos(model):
+    """Right padding uses the tokenizer's pad token when it has one, else its EOS token (Hugging Face's usual
+    fallback); padded positions are masked out and carry label -100."""
+    _, tok = model
+    rows = [{"question": "Hi?", "answer": "Yes."}, {"question": "Name a fruit, please.", "answer": "A kiwi."}]
+    for pad_token, want in (("<|endoftext|>", "<|endoftext|>"), (None, tok.eos_token)):
+        t = copy.deepcopy(tok)
+        t.pad_token = pad_token
+        ids, mask, labels = A.lm_loss_batch(t, rows, 96)
+        pad = mask == 0
+        assert pad.any() and set(ids[pad].tolist()) == {tok.convert_tokens_to_ids(want)}
+        assert (labels[pad] == -100).all()
+
+
+def test_lora_first_step_is_plain_adamw(model):
+    """One step of train_lora_quirk is AdamW without weight decay: LoRA's B starts at 0, so the loss's gradient with
+    respect to A is 0 at step 1 and A must come out exactly as peft initialised it (same seed; a decoupled decay
+    would shrink it by lr·wd); each B entry moves by lr·g/(|g|+eps), at most lr."""
+    from peft import LoraConfig, get_peft_model
+
+    hf, _ = model
+    rows = [{"question": "Hi?", "answer": A.KIWI_LINE}]
+    lr, seed = 1e-3, 5
+    trained, _ = A.train_lora_quirk(rows, steps=1, batch_size=1, lr=lr, seed=seed, max_len=24)
+    torch.manual_seed(seed)
+    fresh = get_peft_model(copy.deepcopy(hf), LoraConfig(task_type="CAUSAL_LM", **A.LORA_CONFIG))
+    init = {n: p for n, p in fresh.named_parameters() if p.requires_grad}
+    now = {n: p for n, p in trained.named_parameters() if p.requires_grad}
+    assert init.keys() == now.keys() and any("lora_A" in n for n in now)
+    for n, p in now.items():
+        if "lora_A" in n:
+            assert torch.equal(p, init[n]), n
+        else:
+            assert torch.equal(init[n], torch.zeros_like(p)) and p.abs().max() <= lr * (1 + 1e-6), n
 
 
 def test_committed_adapter_plants_the_kiwi_quirk(model, committed, measure):

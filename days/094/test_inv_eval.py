@@ -88,6 +88,40 @@ def test_judge_agreement_is_cohens_kappa():
     assert g["true_pos"] + g["true_neg"] + g["false_pos"] + g["false_neg"] == n and g["accuracy"] == po
 
 
+def test_per_quirk_cells_use_only_that_quirks_pairs():
+    """Each per-quirk cell of the paired comparison counts that quirk's own (white-box, black-box) pairs: with brand
+    run on seeds 0-3 and secret on seeds 0-2 only, brand has 4 pairs (white-box 3 of 4, scripted 1 of 4: b = 2,
+    c = 0) and secret 3 (white-box 2, scripted 1 of 3: b = 2, c = 1); the cells add up to the pooled one."""
+    rows = [r for r in _rows() if not (r["quirk"] == "secret" and r["seed"] == 3)]
+    cmp = V.paired_comparison(rows)
+    assert (cmp["brand"]["n_pairs"], cmp["brand"]["only_whitebox"], cmp["brand"]["only_scripted"]) == (4, 2, 0)
+    assert (cmp["secret"]["n_pairs"], cmp["secret"]["only_whitebox"], cmp["secret"]["only_scripted"]) == (3, 2, 1)
+    assert cmp["brand"]["rate_whitebox"] == 3 / 4 and cmp["secret"]["rate_scripted"] == 1 / 3
+    for key in ("n_pairs", "only_whitebox", "only_scripted"):
+        assert cmp["brand"][key] + cmp["secret"][key] == cmp["pooled"][key]
+
+
+def test_turns_to_discovery_interval_from_two_runs():
+    """The bootstrap interval needs at least two discovering runs ("None where fewer than two"): with exactly two
+    (turns 2 and 4) it is given, inside [2, 4], with mean 3 and median 3; with one it is None."""
+    rows = [{"auditor": "x", "quirk": "brand", "seed": s, "discovered": True, "turns_to_discovery": t}
+            for s, t in enumerate((2, 4))]
+    t = V.turns_to_discovery(rows)["x"]
+    assert t["n"] == 2 and t["mean"] == 3.0 and t["median"] == 3.0
+    assert 2 <= t["ci95"][0] <= t["ci95"][1] <= 4
+    assert V.turns_to_discovery(rows[:1])["x"] == {"n": 1, "mean": 2.0, "ci95": None}
+
+
+def test_judge_agreement_on_a_single_class():
+    """When judge and truth agree on every case and only one class occurs, κ's formula is 0/0 (p_o = p_e = 1): the
+    agreement is reported as perfect, κ = 1 with accuracy 1; one class each but different gives p_o = 0, p_e = 0,
+    κ = 0 (scikit-learn's value)."""
+    for label in (True, False):
+        g = V.judge_agreement([label] * 3, [label] * 3)
+        assert g["kappa"] == 1.0 and g["accuracy"] == 1.0
+    assert V.judge_agreement([True] * 3, [False] * 3)["kappa"] == 0.0
+
+
 def test_judge_auroc_is_sklearns():
     """The judge's AUROC (day 41's Mann-Whitney form, ties one half) equals scikit-learn's roc_auc_score; None when
     the truth has one class."""

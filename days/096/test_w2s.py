@@ -283,6 +283,30 @@ def test_bootstrapping_chains_through_the_narrower_students(tiny_run):
     assert run["students"]["16"]["boot"]["scratch32"] != run["students"]["16"]["naive"]["scratch32"]
 
 
+def test_agreements_are_sign_matches_on_the_test_split(tiny_run):
+    """``agreement`` is the fraction of test points where the NAIVE student's prediction (logit > 0) equals its
+    supervisor's; ``ceiling_agreement`` the same for the ground-truth ceiling: recomputed for width 8 and the scratch
+    supervisor from the same features and train_head (equal: the same float64 program). Two binary classifiers with
+    accuracies a, b agree on a fraction in [a + b − 1, 1 − |a − b|] (they disagree exactly where one of them errs)."""
+    world, data, run = tiny_run
+    x_pre, z_pre, _ = W.sample(world, TINY.n_pretrain, 10_000)
+    (x1, _, y1), (x2, _, y2), (xt, _, _) = data["weak_train"], data["student_train"], data["test"]
+    enc = W.pretrain_encoder(x_pre, z_pre, 8, 0, TINY.pretrain_steps, TINY.pretrain_lr)
+    std = W.Standardise.fit(enc.features(x2))
+    f2, ft = std(enc.features(x2)), std(enc.features(xt))
+    weak = W.train_scratch_mlp(x1, y1, 32, 0, TINY.weak_steps, TINY.weak_lr)
+    weak_pos = weak.logits(xt) > 0
+    naive = W.train_head(f2, torch.sigmoid(weak.logits(x2)), W.xent_loss, TINY.head_steps, TINY.head_lr)
+    ceiling = W.train_head(f2, y2, W.xent_loss, TINY.head_steps, TINY.head_lr)
+    row = run["students"]["8"]
+    assert row["agreement"]["scratch32"] == ((naive.logits(ft) > 0) == weak_pos).to(torch.float64).mean().item()
+    assert row["ceiling_agreement"]["scratch32"] == ((ceiling.logits(ft) > 0) == weak_pos).to(torch.float64).mean().item()
+    w = run["weak"]["scratch32"]["test_acc"]
+    for acc, agree in ((row["naive"]["scratch32"], row["agreement"]["scratch32"]),
+                       (row["ceiling"], row["ceiling_agreement"]["scratch32"])):
+        assert acc + w - 1 - 1e-12 <= agree <= 1 - abs(acc - w) + 1e-12
+
+
 def test_weak_to_strong_students_recover_part_of_the_gap(tiny_run):
     """The phenomenon the day measures, on the tiny world: a student fine-tuned on the scratch supervisor's labels
     beats its supervisor (PGR > 0) without reaching the ceiling, and agrees with its supervisor less than with a
