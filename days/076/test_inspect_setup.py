@@ -11,6 +11,7 @@ number comes from SmolLM2 (a 4-sample eval in the gate, the whole dataset in run
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
 from pathlib import Path
@@ -32,7 +33,9 @@ from checks.committed import assert_reproduces, exact, statistical
 from . import inspect_setup as T
 
 HERE = Path(__file__).parent
-RECORDS = T.load_records()
+# Read here, not with the exercise load_records: a practice copy's stub must fail its own test, not the whole
+# module's collection (test_load_records_reads_a_json_list checks the exercise against this).
+RECORDS = json.loads(T.DATASET_PATH.read_text(encoding="utf-8"))
 needs_smollm2 = pytest.mark.asset("smollm2-135m-instruct")
 
 
@@ -46,6 +49,14 @@ def matching_text(record) -> str:
 
 
 # --------------------------------------------------------------------------- the dataset
+
+
+def test_load_records_reads_a_json_list(tmp_path):
+    """load_records returns the dataset's records (the committed file by default, any path given)."""
+    assert T.load_records() == RECORDS
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps(RECORDS[:3]), encoding="utf-8")
+    assert T.load_records(path) == RECORDS[:3]
 
 
 def test_dataset_is_arena_record_format_and_balanced():
