@@ -152,6 +152,29 @@ def test_weights_load_by_name_from_an_unprocessed_hooked_transformer(measure):
         G.from_hooked_transformer(processed)
 
 
+def test_load_by_name_keeps_a_given_b_U_and_names_three_missing_parameters():
+    """load_transformer_lens_state_dict: b_U is copied when the state dict has it, and set to 0 when it has none
+    (TransformerLens's GPT-2 conversion leaves it out); a state dict lacking parameters is refused with how many
+    and the first three of them (in our parameter order) in the message."""
+    cfg = G.Config(d_model=16, n_layers=1, n_heads=2, d_head=8, d_mlp=32, n_ctx=8, d_vocab=11)
+    torch.manual_seed(0)
+    src, dst = G.DemoTransformer(cfg), G.DemoTransformer(cfg)
+    state = dict(src.state_dict())
+    state["unembed.b_U"] = torch.full((11,), 0.5)
+    with torch.no_grad():
+        dst.unembed.b_U.fill_(1.0)
+    assert torch.equal(G.load_transformer_lens_state_dict(dst, state).unembed.b_U, torch.full((11,), 0.5))
+    with torch.no_grad():
+        dst.unembed.b_U.fill_(1.0)
+    without = {k: v for k, v in state.items() if k != "unembed.b_U"}
+    assert torch.equal(G.load_transformer_lens_state_dict(dst, without).unembed.b_U, torch.zeros(11))
+    gone = ["blocks.0.ln1.w", "blocks.0.ln1.b", "blocks.0.ln2.w", "ln_final.w"]
+    order = [k for k in dict(dst.named_parameters()) if k in gone]
+    with pytest.raises(ValueError) as err:
+        G.load_transformer_lens_state_dict(dst, {k: v for k, v in state.items() if k not in gone})
+    assert str(err.value).startswith(f"state dict lacks 4 of our parameters, e.g. {order[:3]}; ")
+
+
 def test_the_model_is_causal():
     """Logits at position i depend only on tokens 0..i: changing token t leaves positions < t unchanged."""
     torch.manual_seed(0)

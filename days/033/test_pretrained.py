@@ -83,6 +83,39 @@ def test_mapping_refuses_checkpoints_that_do_not_fit():
         P.hf_to_demo_state_dict(state, P.Config(**{**cfg.__dict__, "n_layers": 3}))
 
 
+def test_config_reads_n_inner_or_defaults_to_four_d_model():
+    """config_from_hf follows GPT2Config: n_inner is the MLP width, and None (the default) means 4 · n_embd."""
+    from transformers import GPT2Config
+
+    assert P.config_from_hf(GPT2Config(n_embd=48, n_head=3, n_layer=2)).d_mlp == 192
+    assert P.config_from_hf(GPT2Config(n_embd=48, n_head=3, n_layer=2, n_inner=100)).d_mlp == 100
+
+
+def test_unembedding_comes_from_lm_head_or_the_tied_embedding():
+    """GPT-2's unembedding is tied to the embedding: a checkpoint that saves it once (no lm_head.weight, as
+    safetensors does) gives W_U = wteᵀ; a checkpoint that carries lm_head.weight gives W_U = lm_head.weightᵀ (here
+    made different from wte, so the two routes are told apart)."""
+    hf = small_hf(n_layers=1, d_model=32, n_heads=4)
+    cfg = P.config_from_hf(hf.config)
+    state = dict(hf.state_dict())
+    wte = state["transformer.wte.weight"]
+    once = {k: v for k, v in state.items() if k != "lm_head.weight"}
+    assert torch.equal(P.hf_to_demo_state_dict(once, cfg)["unembed.W_U"], wte.T)
+    untied = {**state, "lm_head.weight": 2 * wte + 1}
+    assert torch.equal(P.hf_to_demo_state_dict(untied, cfg)["unembed.W_U"], (2 * wte + 1).T)
+
+
+def test_unmapped_tensors_error_names_the_count_and_three_examples():
+    """The refusal of unknown tensors says how many there are and names the first three (the message's 'e.g.')."""
+    hf = small_hf(n_layers=1, d_model=32, n_heads=4)
+    cfg = P.config_from_hf(hf.config)
+    extra = [f"transformer.extra_{i}" for i in range(4)]
+    with pytest.raises(KeyError) as err:
+        P.hf_to_demo_state_dict({**hf.state_dict(), **{k: torch.ones(1) for k in extra}}, cfg)
+    names = [k.removeprefix("transformer.") for k in extra]
+    assert err.value.args[0] == f"4 checkpoint tensors were not mapped, e.g. {names[:3]}"
+
+
 @pytest.mark.asset("gpt2-tokenizer")
 def test_heads_are_split_in_order(measure):
     """Head h of our model is head h of Hugging Face's: zeroing W_O[h] in ours equals zeroing rows

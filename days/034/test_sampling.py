@@ -21,6 +21,7 @@ from transformer_lens.pretrained.weight_conversions import convert_gpt2_weights
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 from checks import assert_parity
+from checks.committed import assert_reproduces, exact, float_ops
 from checks.models import SMOLLM2_CHAT_EXAMPLE, gpt2_tokenizer, random_gpt2
 
 from . import sampling as S
@@ -250,6 +251,50 @@ def test_beam_search_stops_beams_at_eos():
     assert any(t[-1] == 3 and len(t) < 6 for _, t in beams) and scores == sorted(scores, reverse=True)
 
 
+def test_sample_next_token_rejects_each_invalid_setting_alone():
+    """ARENA's sample_next_token asserts temperature ≥ 0, top_k ≥ 0 and 0 ≤ top_p ≤ 1: each violation, with
+    the other two settings valid, raises ValueError (none may be silently ignored)."""
+    rows = logits(2, 10, seed=7)
+    ids = torch.zeros(2, 1, dtype=torch.long)
+    for bad in (dict(temperature=-0.5), dict(top_k=-1), dict(top_p=-0.1), dict(top_p=1.5),
+                dict(temperature=1.0, top_k=-3, top_p=0.5)):
+        with pytest.raises(ValueError):
+            S.sample_next_token(ids, rows, generator=torch.Generator().manual_seed(0), **bad)
+
+
+def test_beam_width_study_gap_is_the_average_shortfall_from_the_optimum():
+    """beam_width_study: the gap of one model is (exhaustive optimum) - (beam's best Σ log p) ≥ 0, zero exactly
+    where beam search finds the optimum, and mean_gap (like hit_rate) is the average over the models. Recovered
+    without assuming anything about the models: a study of the first n models averages n values, so model 1's
+    gap is 2·mean_gap(2 models) - mean_gap(1 model), and its hit is 2·hit_rate(2) - hit_rate(1). With greedy
+    (width 1) model 0 misses and model 1 hits, so a sum not divided by n leaves model 1 a non-zero gap;
+    width V^(L-1) = 125 is exhaustive, so its gaps are 0."""
+    one = S.beam_width_study(seeds=1, widths=(1, 125))
+    two = S.beam_width_study(seeds=2, widths=(1, 125))
+    for i, w in enumerate((1, 125)):
+        gaps = [one["mean_gap"][i], 2 * two["mean_gap"][i] - one["mean_gap"][i]]
+        hits = [one["hit_rate"][i], 2 * two["hit_rate"][i] - one["hit_rate"][i]]
+        for model, (gap, hit) in enumerate(zip(gaps, hits)):
+            assert hit in (0.0, 1.0) and gap >= -1e-12, (w, model, gap, hit)
+            assert (abs(gap) < 1e-9) == (hit == 1.0), (w, model, gap, hit)
+        if w == 1:
+            assert hits == [0.0, 1.0]  # the case that gives the averaging its power (see the docstring)
+        else:
+            assert hits == [1.0, 1.0]
+
+
+@pytest.mark.slow
+def test_beam_width_study_reproduces_its_committed_numbers(committed):
+    """Slow (≈40 s: 200 exhaustive searches): the whole committed beam-width study (the post's hit rates and mean
+    gaps) recomputes from the code: hit rates exactly (a hit is |found - best| < 1e-9, decisions far above float64
+    rounding), mean gaps to float64 rounding of sums of a few log-probabilities (absolute 1e-12)."""
+    beams = committed["beam_width"]
+    now = S.beam_width_study(seeds=beams["seeds"], d_vocab=beams["d_vocab"], length=beams["length"], widths=beams["widths"])
+    assert_reproduces(now["hit_rate"], beams["hit_rate"], exact("hit decisions with margin ≫ rounding"), name="hit_rate")
+    assert_reproduces(now["mean_gap"], beams["mean_gap"], float_ops(200, why="average of 200 log-prob differences",
+                                                                    abs=1e-12), name="mean_gap")
+
+
 @pytest.mark.slow
 def test_smollm2_greedy_answer(asset, measure):
     """Real behaviour (slow: nine forward passes of a 135M model without a cache): greedy decoding of
@@ -268,11 +313,12 @@ def test_smollm2_greedy_answer(asset, measure):
 
 def test_results_json_is_current(committed, measure):
     """results.json (cited by the post) matches the code: the beam-width study's first 20 models recompute to the
-    same optima (hit rates: argmax decisions, compared exactly), width V^(L-1) always finds the optimum, and the
+    same optima (hit rates: argmax decisions, compared exactly), width V^(L-1) always finds the optimum (the first 26
+    models: the study takes any number of models, here more than V² = 25), and the
     KV-cache benchmark generated the same tokens both ways, faster with the cache."""
     results = committed
     beams = results["beam_width"]
-    small = S.beam_width_study(seeds=20, widths=(1, beams["d_vocab"] ** (beams["length"] - 1)))
+    small = S.beam_width_study(seeds=26, widths=(1, beams["d_vocab"] ** (beams["length"] - 1)))
     assert small["hit_rate"][1] == 1.0 and beams["hit_rate"][beams["widths"].index(125)] == 1.0
     assert beams["hit_rate"][0] < 1.0  # greedy misses the optimum on some models
     assert results["kv_cache"]["same_tokens"] and results["kv_cache"]["speedup_total"] > 1

@@ -125,7 +125,8 @@ def test_untrained_toy_has_no_induction_head():
 def test_fast_toy_forms_an_induction_head(trained, measure):
     """The gate's bar: after 300 seeded steps the toy predicts the repeated half (loss < 0.3 nats) but not the
     first (> 3 nats, near uniform's log 31), a layer-1 head has induction score > 0.6, and a layer-0 head attends
-    to the previous token far above a uniform head (> 0.25)."""
+    to the previous token far above a uniform head (> 0.25). The training log evaluates at step 0, every
+    eval_every steps and at the end, with elapsed seconds."""
     _, log, a = trained
     measure("fast.second_half_loss", a["second_half_loss"], "< 0.3")
     measure("fast.first_half_loss", a["first_half_loss"], "> 3")
@@ -135,6 +136,13 @@ def test_fast_toy_forms_an_induction_head(trained, measure):
     assert a["second_half_loss"] < 0.3 and a["first_half_loss"] > 3
     assert a["induction_head"][0] == 1 and a["induction_head_score"] > 0.6
     assert a["previous_head"][0] == 0 and a["previous_head_score"] > 0.25
+    # the log: an evaluation every eval_every steps and after the last of the cfg.steps updates, each with the
+    # seconds elapsed since training began; the uniform baseline is log(d_vocab − 1) (tokens 1..d_vocab−1, no BOS)
+    steps = [h["step"] for h in log["history"]]
+    assert steps[0] == 0 and steps[-1] == I.FAST.steps and all(s % I.FAST.eval_every == 0 for s in steps[:-1])
+    seconds = [h["seconds"] for h in log["history"]]
+    assert 0 <= seconds[0] and seconds == sorted(seconds) and seconds[-1] <= log["seconds"]
+    assert a["uniform_loss"] == pytest.approx(math.log(I.FAST.d_vocab - 1), rel=1e-12)
 
 
 def test_scores_identify_the_circuit(trained, measure):

@@ -319,6 +319,64 @@ def test_optimize_with_resampling_removes_dead_latents(measure):
             assert log["resampled"] == [] and min(after) >= 20   # the 20 killed stay dead (others may die too)
 
 
+def test_heaviside_is_zero_at_the_threshold():
+    """ARENA's Heaviside H(z, θ) = 1[z > θ] (and JumpReLU z·1[z > θ]): strictly above the threshold; at z = θ both
+    are 0."""
+    theta = torch.tensor([0.5, 0.25, 1.0], dtype=torch.float64)
+    z = torch.tensor([0.5, 0.25 + 1e-9, 0.75], dtype=torch.float64)
+    assert T.Heaviside.apply(z, theta, 0.1).tolist() == [0.0, 1.0, 0.0]
+    assert T.JumpReLU.apply(z, theta, 0.1).tolist() == [0.0, 0.25 + 1e-9, 0.0]
+
+
+def test_optimize_scales_the_learning_rate_by_lr_scale():
+    """optimize sets the step's learning rate to lr · lr_scale(step, steps). Adam's first step (betas (0, 0.999),
+    bias-corrected: m̂ = g, v̂ = g²) moves each parameter by lr_t · g / (|g| + 1e-8), i.e. by lr_t wherever its
+    gradient is not tiny; b_enc is not renormalised, so its largest move is lr · lr_scale (0.25 here)."""
+    data = T.PlantedDictionary(**T.PLANTED)
+    batch = data.generate_batch(64)
+    sae = T.make_sae(replace(T.CONFIGS["standard"], d_sae=16), lambda n: batch[:n])
+    before = sae.b_enc.detach().clone()
+    sae.optimize(batch_size=64, steps=1, lr=1e-2, lr_scale=lambda step, steps: 0.25, log_freq=1)
+    moved = (sae.b_enc.detach() - before).abs()
+    assert moved.max().item() == pytest.approx(0.25 * 1e-2, rel=1e-3)
+
+
+def test_resample_advanced_returns_zero_when_nothing_is_resampled():
+    """resample_advanced returns how many latents it resampled: 0, with every parameter untouched, when no latent
+    is dead, and 0 when latents are dead but every input of the drawn batch is already reconstructed (zero inputs,
+    zero biases: loss 0, so there is no loss to sample inputs by)."""
+    sae = T.make_sae(replace(T.CONFIGS["standard"], d_sae=16), lambda n: torch.zeros(n, T.PLANTED["d_in"]))
+    before = {k: v.detach().clone() for k, v in sae.named_parameters()}
+    alive = torch.full((5, 16), 0.5)
+    assert sae.resample_advanced(alive, 0.5, 8) == 0
+    dead = alive.clone()
+    dead[:, :4] = 0.0
+    torch.manual_seed(0)
+    assert sae.resample_advanced(dead, 0.5, 8) == 0
+    assert all(torch.equal(v, before[k]) for k, v in sae.named_parameters())
+
+
+def test_planted_atoms_are_present_with_probability_exactly_p_active():
+    """PlantedDictionary: atom i is present when its uniform draw u (torch.rand: multiples of 2⁻²⁴ in [0, 1)) is
+    below p_active, so P(present) = p_active exactly; u = p_active itself is absent. With p_active set to the first
+    atom's own draw, the batch equals the one at the float below it (atom 0 absent in both) and differs from the
+    one at the float above (atom 0 present)."""
+    cfg = dict(d_in=8, n_atoms=12, seed=3)
+    u = torch.rand(1, 12, generator=torch.Generator().manual_seed(cfg["seed"] + 1))[0, 0]
+    below, above = (torch.nextafter(u, torch.tensor(x)).item() for x in (0.0, 1.0))
+    h = {p: T.PlantedDictionary(p_active=p, **cfg).generate_batch(1) for p in (below, u.item(), above)}
+    assert torch.equal(h[u.item()], h[below]) and not torch.equal(h[u.item()], h[above])
+
+
+def test_atom_recovery_is_the_best_cosine():
+    """atom_recovery: for each atom, the largest cosine similarity with any decoder row (rows of any norm), from
+    torch's cosine_similarity."""
+    g = torch.Generator().manual_seed(0)
+    atoms, W_dec = torch.randn(5, 6, generator=g) * 3, torch.randn(9, 6, generator=g) * torch.rand(9, 1, generator=g) * 4
+    ref = torch.nn.functional.cosine_similarity(atoms[:, None], W_dec[None], dim=-1).max(-1).values
+    torch.testing.assert_close(T.atom_recovery(atoms, W_dec), ref, rtol=1e-5, atol=1e-6)
+
+
 def test_results_json_is_current(committed):
     """results.json (cited by the post) comes from today's settings (exactly: the planted data, the training, each
     architecture's config), its numbers are consistent with each other (the fraction recovered counts the cosines

@@ -56,7 +56,7 @@ def count_calls(model):
 def test_collect_activations_equal_the_full_pass(smol):
     """collect_activations_multiple_layers: the residual stream after blocks 0, 5 and 11 equals the full pass's
     hidden_states[l + 1] exactly (the same kernels on the same inputs), all positions; with offsets (-1, -4) it
-    keeps positions -4..-2."""
+    keeps positions -4..-2, with max_offset = -2 alone the last two, with min_offset = -1 alone all but the last."""
     model, _, ids, full = smol
     acts = O.collect_activations_multiple_layers(model, [5, 0, 11], dict(input_ids=ids))
     assert sorted(acts) == [0, 5, 11]
@@ -64,6 +64,11 @@ def test_collect_activations_equal_the_full_pass(smol):
         assert torch.equal(a, full[l + 1]), l
     cut = O.collect_activations_multiple_layers(model, [3], dict(input_ids=ids), min_offset=-1, max_offset=-4)
     assert torch.equal(cut[3], full[4][:, -4:-1])
+    # one offset alone bounds one end, the other end stays open (Python's slice with None): [-2, end) and [0, -1)
+    tail = O.collect_activations_multiple_layers(model, [3], dict(input_ids=ids), max_offset=-2)
+    assert torch.equal(tail[3], full[4][:, -2:])
+    head = O.collect_activations_multiple_layers(model, [3], dict(input_ids=ids), min_offset=-1)
+    assert torch.equal(head[3], full[4][:, :-1])
 
 
 def test_early_stop_does_less_work(smol, measure):
@@ -150,7 +155,8 @@ def test_steering_hook_norm_matched_and_local(smol, measure):
 
 
 def test_create_oracle_input(smol):
-    """create_oracle_input: the chat-templated prompt contains the introspection prefix then the question, the
+    """create_oracle_input: the chat-templated prompt contains the introspection prefix then the question and ends
+    with the assistant's turn header (ChatML's generation prompt, ARENA's add_generation_prompt=True), the
     positions are the placeholder tokens, one row per activation; the identity prompt (no prefix, no chat) has its
     single placeholder at the ' ?' before the final ' ->'."""
     _, tok, _, _ = smol
@@ -158,6 +164,7 @@ def test_create_oracle_input(smol):
     oi = O.create_oracle_input("Which word is this?", 9, 2, tok, acts)
     text = tok.decode(oi.input_ids[0])
     assert O.get_introspection_prefix(9, 2) + "Which word is this?" in text and text.startswith("<|im_start|>")
+    assert text.endswith("<|im_start|>assistant\n")  # the generation prompt: the oracle answers as the assistant
     assert oi.input_ids.shape[0] == 3 and oi.vectors is acts
     assert all(tok.decode(oi.input_ids[0, p]) == O.SPECIAL_TOKEN for p in oi.positions[0])
     ident = O.create_oracle_input(O.IDENTITY_PROMPT, 0, 1, tok, torch.randn(2, 576), chat=False, prefix=False)
@@ -184,6 +191,51 @@ def test_run_oracle_matches_hf_generate(smol, gate_acts):
     whole_new, whole_logits = O.run_oracle(MODEL, oi, steering_coefficient=2.0, max_new_tokens=4, share_prefix=False)
     assert torch.equal(whole_new, new)
     torch.testing.assert_close(whole_logits, logits, rtol=1e-5, atol=1e-4)
+
+
+def test_run_oracle_injects_a_placeholder_that_is_the_last_token(smol):
+    """run_oracle with a prompt whose placeholder is its last token: the shared-prefix path must still run a
+    steered pass of more than one position (a one-position pass is a cached generation step, which the hook leaves
+    alone), so it equals running every row whole (1e-4 on the logits, as above) and differs from the unsteered
+    model."""
+    model, tok, _, _ = smol
+    vectors = torch.randn(2, 576, generator=torch.Generator().manual_seed(3))
+    oi = O.create_oracle_input("cat -> cat; hello -> hello;" + O.SPECIAL_TOKEN, 0, 1, tok, vectors, chat=False,
+                               prefix=False)
+    assert oi.positions == [[oi.input_ids.shape[1] - 1]] * 2
+    _, shared = O.run_oracle(MODEL, oi, steering_coefficient=4.0)
+    _, whole = O.run_oracle(MODEL, oi, steering_coefficient=4.0, share_prefix=False)
+    with torch.no_grad():
+        plain = model(input_ids=oi.input_ids).logits[:, -1]
+    torch.testing.assert_close(shared, whole, rtol=1e-5, atol=1e-4)
+    assert (shared - plain).abs().max() > 1.0
+
+
+def test_random_like_norms_keeps_each_rows_norm():
+    """random_like_norms (the control): each row is a Gaussian direction scaled to the norm of the same row of acts
+    (rows of norms 0.1 to 1000: float32, 1e-5 relative); the same seed gives the same vectors, which are not the
+    activations' directions."""
+    acts = torch.randn(5, 64, generator=torch.Generator().manual_seed(0)) * torch.tensor([[0.1], [1.0], [7.0], [50.0],
+                                                                                           [1000.0]])
+    r = O.random_like_norms(acts, seed=4)
+    torch.testing.assert_close(r.norm(dim=-1), acts.norm(dim=-1), rtol=1e-5, atol=0)
+    assert torch.equal(r, O.random_like_norms(acts, seed=4))
+    assert torch.nn.functional.cosine_similarity(r, acts, dim=-1).abs().max() < 0.9
+
+
+def test_summarise_counts_exactly_half_as_at_least_half():
+    """summarise: 'the layers where at least half the words decode' includes a layer at accuracy exactly 1/2;
+    best layer = highest accuracy, the earliest among ties; mean accuracy over layers; the control's best."""
+    def row(layer, k, n=4, predicted=("Ġcat",)):
+        return dict(layer=layer, k=k, n=n, accuracy=k / n, ci=[0.0, 1.0], predicted=list(predicted))
+    curve = {"2": {"oracle": [row(0, 1), row(1, 2), row(2, 3, predicted=("Ġhello",)), row(3, 3), row(4, 2), row(5, 0)],
+                   "control": [row(layer, k) for layer, k in enumerate((0, 1, 0, 0, 0, 0))]}}
+    s = O.summarise(curve)["2"]
+    assert s["first_layer_at_least_half"] == 1 and s["last_layer_at_least_half"] == 4
+    assert s["best_layer"] == 2 and s["best_accuracy"] == 0.75
+    assert s["mean_accuracy"] == pytest.approx((1 + 2 + 3 + 3 + 2 + 0) / 24)
+    assert s["control_max_accuracy"] == 0.25 and s["control_correct"] == 1 and s["control_n"] == 24
+    assert s["hello_share"] == pytest.approx(1 / 6)
 
 
 def decision_tolerance(rows: list[dict]) -> int:

@@ -90,7 +90,7 @@ def test_leaks_reads_words_and_spellings():
 
 def test_probe_holds_out_whole_questions(setup):
     """probe_top1 is leave-one-question-out: its predictions equal scikit-learn's cross_val_predict with
-    LeaveOneGroupOut (groups = questions) on the same pipeline; and on the real activations with labels shuffled
+    LeaveOneGroupOut (groups = questions) on the same pipeline, counted over all q·k held-out rows; and on the real activations with labels shuffled
     within each question (no signal that generalises), it is near chance while the true labels are recovered."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import LeaveOneGroupOut, cross_val_predict
@@ -105,6 +105,8 @@ def test_probe_holds_out_whole_questions(setup):
                             a.double().numpy().reshape(-1, d), np.tile(np.arange(k), q),
                             groups=np.repeat(np.arange(q), k), cv=LeaveOneGroupOut())
     assert sum(mine["predictions"], []) == ref.tolist()
+    assert mine["n"] == q * k and mine["k"] == int((ref == np.tile(np.arange(k), q)).sum())
+    assert mine["accuracy"] == mine["k"] / (q * k)
     rng = np.random.default_rng(0)
     shuffled = torch.stack([a[i, torch.from_numpy(rng.permutation(k))] for i in range(q)])
     assert H.probe_top1(shuffled)["accuracy"] < H.probe_top1(a)["accuracy"]
@@ -122,6 +124,25 @@ def test_oracle_ranks_candidates_from_its_logits(setup):
     assert r["predictions"] == logits[:, cand].argmax(-1).tolist()
     top2 = logits[:, cand].topk(2).values
     torch.testing.assert_close(torch.tensor(r["margin"]), top2[:, 0] - top2[:, 1])
+
+
+def test_oracle_question_reads_spaced_and_capitalised_candidates(setup):
+    """oracle_question_top1 (ARENA's question, chat template, introspection prefix): each candidate's score is its
+    ' word' logit, or its 'Word' logit when larger (when every capitalised candidate is one token, as for 'Apple'
+    and 'River'); the prediction is the best-scored candidate and the margin the gap to the second, for K = 2
+    candidates too. Reference: run_oracle's first-step logits on the same input."""
+    _, tok, _, _, acts = setup
+    secrets = ["apple", "river"]
+    flat = acts[0, :2, 0]
+    layer = GATE_ORACLE_LAYER
+    r = H.oracle_question_top1(MODEL, flat, layer, secrets)
+    oi = H.O.create_oracle_input(H.ORACLE_QUESTION, layer, 1, tok, flat, chat=True, prefix=True)
+    _, logits = H.O.run_oracle(MODEL, oi, steering_coefficient=2.0)
+    spaced = logits[:, [tok.encode(" " + s, add_special_tokens=False)[0] for s in secrets]]
+    capital = logits[:, [tok.convert_tokens_to_ids(s.capitalize()) for s in secrets]]
+    scores = torch.maximum(spaced, capital)
+    assert r["predictions"] == scores.argmax(-1).tolist()
+    torch.testing.assert_close(torch.tensor(r["margin"]), (scores[:, 0] - scores[:, 1]).abs())
 
 
 def test_results_json_is_current(setup, committed, measure):

@@ -102,6 +102,64 @@ def test_fast_training_learns_and_keeps_biases_zero(fast, measure):
             assert not p.requires_grad and (p == 0).all(), name
 
 
+def test_train_model_steps_are_adamw_on_the_seeded_stream():
+    """train_model, two steps on a tiny config, against torch.optim.AdamW driven by hand: the same initialisation
+    (torch.manual_seed(seed)), every bias (BIAS_NAMES) frozen at zero, the learning rate of the schedule (linear
+    warmup then cosine: with warmup = 1 and 2 steps, (0 + 1)/1 · lr, then lr · ½(1 + cos 0) = lr at both steps),
+    and at step s the cross-entropy of the last position on the training stream's batch
+    generate_prompts(task, batch_size, data_seed·1_000_003 + s) (TrainConfig: the stream is data_seed's, advanced by
+    the step; the committed toy's recorded seeds reproduce it only with exactly this stream). Step 1's batch differs
+    from step 0's, so the parameters after two steps tell streams apart. Same ops in the same order: equal to 1e-6."""
+    from torch.nn import functional as F
+    from transformer_lens import HookedTransformer
+
+    from checks.timing import single_thread
+
+    cfg = FF.TrainConfig(d_model=16, n_heads=2, d_mlp=32, steps=2, batch_size=16, warmup=1, eval_n=16, eval_every=1)
+    model, log = FF.train_model(cfg)
+    with single_thread():
+        torch.manual_seed(cfg.seed)
+        ref = HookedTransformer(FF.model_config(FF.TASK, cfg))
+        for name, p in ref.named_parameters():
+            if name.split(".")[-1] in FF.BIAS_NAMES:
+                p.requires_grad_(False).zero_()
+        opt = torch.optim.AdamW([p for p in ref.parameters() if p.requires_grad], lr=cfg.lr,
+                                weight_decay=cfg.weight_decay)
+        losses = []
+        for step in range(cfg.steps):
+            batch = FF.generate_prompts(FF.TASK, cfg.batch_size, cfg.data_seed * 1_000_003 + step)
+            loss = F.cross_entropy(ref(batch["tokens"])[:, -1], batch["answer"])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+    for (name, p), (_, q) in zip(model.named_parameters(), ref.named_parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6, msg=name)
+    assert [h["loss"] for h in log["history"]] == pytest.approx(losses, abs=1e-6)
+
+
+def test_load_toy_refuses_a_checkpoint_with_a_missing_or_extra_key(tmp_path):
+    """load_toy loads the state dicts strictly: a checkpoint whose transcoder lacks a parameter (it would keep its
+    random initialisation) or carries one the class does not have is refused (RuntimeError), not half-loaded."""
+    import shutil
+
+    state = torch.load(FF.CHECKPOINT, map_location="cpu", weights_only=True)
+    meta = tmp_path / "toy.json"
+    shutil.copy(FF.CHECKPOINT_META, meta)
+    FF.load_toy(FF.CHECKPOINT, meta)  # the committed checkpoint loads
+    for layer in range(len(state["transcoders"])):
+        for broken in ("missing", "extra"):
+            bad = {"model": state["model"], "transcoders": [dict(sd) for sd in state["transcoders"]]}
+            sd = bad["transcoders"][layer]
+            if broken == "missing":
+                del sd["W_dec"]
+            else:
+                sd["W_extra"] = torch.zeros(1)
+            torch.save(bad, tmp_path / "toy.pt")
+            with pytest.raises(RuntimeError):
+                FF.load_toy(tmp_path / "toy.pt", meta)
+
+
 def test_fast_transcoders_reconstruct_their_mlps(fast, measure):
     """Transcoders on every MLP (day 57's Transcoder, decoder bias frozen at 0): after TC_FAST's steps each explains
     most of its MLP's output variance on fresh prompts, is sparse (L0 well under d_sae), and its decoder bias is

@@ -56,7 +56,8 @@ def setup():
 def test_spliced_sae_with_error_leaves_the_logit_difference(setup, measure):
     """The SAE is spliced in with its error term, so the LD it differentiates is the model's own: equal to
     TransformerLens's plain forward pass within SMOLLM2_LOGIT_REL of the logits' scale; and the SAE alone (no error
-    term) would change it."""
+    term) would change it. ablated_ld with no latent ablated gives the same LD, with or without the residual stream
+    passed in."""
     model, sae, ds, out = setup
     end = ds.word_idx["end"]
     logits = out["plain_logits"]
@@ -66,6 +67,10 @@ def test_spliced_sae_with_error_leaves_the_logit_difference(setup, measure):
     assert err <= SMOLLM2_LOGIT_REL * logits.abs().max().item()
     kept = M.ablated_ld(model, sae, ds.toks, ds.answer_tokens, end, [], resid=out["resid"])
     assert (kept - ref).abs().max() <= SMOLLM2_LOGIT_REL * logits.abs().max().item()
+    # without resid, ablated_ld computes the residual stream itself: the same LD
+    fresh = M.ablated_ld(model, sae, ds.toks, ds.answer_tokens, end, [])
+    assert (fresh - ref).abs().max() <= SMOLLM2_LOGIT_REL * logits.abs().max().item()
+    assert sae.d_sae == 256 and sae.sae.cfg.k == 8   # gate_sae's SAE: 256 latents, k = 8 (its docstring)
     with torch.no_grad():
         recon = M.sae_circuits.splice(sae, out["acts"], out["sink"], out["resid"])
         sae_only = M.ioi.logits_to_ave_logit_diff(model(recon, start_at_layer=16), ds.answer_tokens, per_prompt=True,

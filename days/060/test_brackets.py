@@ -59,7 +59,7 @@ def fast():
 
 def test_simple_tokenizer_layout_and_decode():
     """SimpleTokenizer: [start]=0, [pad]=1, [end]=2, "("=3, ")"=4; each string becomes [start] s [end] then [pad]s up
-    to the batch's longest (or max_len); decode inverts it; an unknown character raises ValueError."""
+    to the batch's longest (or max_len); decode inverts it; an unknown character, or an unknown id, raises ValueError."""
     tok = B.SimpleTokenizer("()")
     assert torch.equal(tok.tokenize(["()", "(()", ")"]), torch.tensor([[0, 3, 4, 2, 1], [0, 3, 3, 4, 2], [0, 4, 2, 1, 1]]))
     assert tok.tokenize("(", max_len=3).tolist() == [[0, 3, 2, 1, 1]]
@@ -68,6 +68,8 @@ def test_simple_tokenizer_layout_and_decode():
     assert tok.decode(tok.tokenize(strs, max_len=40)) == strs
     with pytest.raises(ValueError):
         tok.tokenize(["(x)"])
+    with pytest.raises(ValueError):   # decoding an id outside the vocabulary (5 tokens: ids 0..4) is the same error
+        tok.decode(torch.tensor([[0, 3, 5, 2]]))
 
 
 def test_classifiers_agree_on_every_short_string(measure):
@@ -246,7 +248,11 @@ def test_run_model_on_data_and_the_fast_path(random_model):
     for bs in (1, 10, 200):
         assert_parity(B.run_model_on_data(random_model, data, batch_size=bs), whole, atol=1e-6)
     assert random_model.cfg.use_attn_result
-    assert_parity(B.class_logits(random_model, data, batch_size=8), whole, atol=1e-5)
+    per_head = []
+    with random_model.hooks(fwd_hooks=[("blocks.0.attn.hook_result", lambda act, hook: per_head.append(act.shape))]):
+        fast = B.class_logits(random_model, data, batch_size=8)
+    assert per_head == []   # the per-head outputs are not computed while class_logits runs
+    assert_parity(fast, whole, atol=1e-5)
     assert random_model.cfg.use_attn_result
 
 
@@ -272,7 +278,8 @@ FAST_BAR = 0.70     # the untrained model sits near 0.5 (it predicts one class);
 def test_fast_training_learns(fast, measure):
     """The training code learns: 100 AdamW steps of 64 fresh strings take ARENA's architecture from chance (an
     untrained model's accuracy on the held-out 500 is within 0.1 of the balanced fraction or its complement) to
-    ≥ 0.70 held-out accuracy, the mean loss falling by ≥ 0.15 nats from its first evaluation."""
+    ≥ 0.70 held-out accuracy, the mean loss falling by ≥ 0.15 nats from its first evaluation; each evaluation records
+    the seconds elapsed since training began."""
     model, log = fast
     held_out = B.BracketsDataset(B.generate_brackets_data(B.FAST.eval_n, B.FAST.eval_seed))
     untrained = B.make_model(B.brackets_config(seed=B.FAST.seed))
@@ -287,6 +294,8 @@ def test_fast_training_learns(fast, measure):
     assert acc >= FAST_BAR
     assert log["history"][0]["loss"] - log["history"][-1]["loss"] >= 0.15
     assert model.cfg.use_attn_result and not model.training
+    seconds = [h["seconds"] for h in log["history"]]   # elapsed since training began, up to the whole run's
+    assert 0 < seconds[0] and seconds == sorted(seconds) and seconds[-1] <= log["seconds"]
 
 
 def test_fast_run_reproduces_committed(fast, committed, measure):
@@ -303,6 +312,34 @@ def test_fast_run_reproduces_committed(fast, committed, measure):
 
 
 # ---------------------------------------------------------------- the committed checkpoint
+
+
+def test_evaluate_reads_given_logits():
+    """evaluate with the class logits given: correct = argmax matches is_balanced_forloop; the margin of a decision
+    is |logit(balanced) − logit(unbalanced)|, the smallest over the correct ones reported; each error carries
+    p(balanced) = softmax of its logits."""
+    strs = ["()", "(()", ")(", "(())"]                     # balanced: yes, no, no, yes
+    logits = torch.tensor([[-1.0, 2.0], [0.5, 0.25], [3.0, -3.0], [1.0, 0.0]])   # correct, correct, correct, wrong
+    out = B.evaluate(None, strs, logits=logits)
+    assert out["n_correct"] == 3 and out["n_errors"] == 1
+    assert out["min_margin_correct"] == pytest.approx(0.25)
+    [err] = out["errors"]
+    assert err["string"] == "(())" and err["balanced"] and err["p_balanced"] == pytest.approx(1 / (1 + math.e))
+
+
+def test_load_brackets_model_refuses_a_checkpoint_that_is_not_only_tensors(tmp_path):
+    """load_brackets_model loads with torch.load(weights_only=True): a checkpoint whose pickle names anything but
+    tensors and plain containers (here a collections.UserDict holding the very same weights) is refused
+    (pickle.UnpicklingError) rather than unpickled, while the plain state dict loads."""
+    import pickle
+    from collections import UserDict
+
+    state = torch.load(B.CHECKPOINT, map_location="cpu", weights_only=True)
+    torch.save(dict(state), tmp_path / "plain.pt")
+    B.load_brackets_model(tmp_path / "plain.pt")
+    torch.save(UserDict(state), tmp_path / "wrapped.pt")
+    with pytest.raises(pickle.UnpicklingError):
+        B.load_brackets_model(tmp_path / "wrapped.pt")
 
 
 def test_checkpoint_files(committed):

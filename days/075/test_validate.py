@@ -99,7 +99,7 @@ def test_find_duplicates_and_deduplicate():
 def test_chi_square_is_pearsons():
     """Answer balance: the statistic is Σ (O − E)² / E with E = n/K, its p-value the χ²(K − 1) tail (scipy's
     distribution, our statistic written out); equal counts give χ² = 0, p = 1; ``check_answer_balance`` counts the
-    A/B labels of answer_matching_behavior."""
+    A/B labels of answer_matching_behavior (3 A and 1 B are counted as such)."""
     counts = {"A": 30, "B": 10}
     res = V.chi_square_uniform(counts)
     obs = np.array([30, 10])
@@ -110,6 +110,8 @@ def test_chi_square_is_pearsons():
     bal = V.check_answer_balance(SEEDS)
     assert bal["counts"] == {"A": sum(q["answer_matching_behavior"] == "A" for q in SEEDS),
                              "B": sum(q["answer_matching_behavior"] == "B" for q in SEEDS)}
+    lopsided = [{"answer_matching_behavior": x} for x in "AAAB"]
+    assert V.check_answer_balance(lopsided)["counts"] == {"A": 3, "B": 1}
     cats = V.check_category_balance(SEEDS)
     assert sum(cats["counts"].values()) == len(SEEDS) and cats["dof"] == len(V.gen.CATEGORIES) - 1
 
@@ -214,7 +216,8 @@ def test_judge_scores_equal_unbatched_hf(smol, measure):
 def test_kappa_and_bootstrap():
     """Judge agreement: scikit-learn's κ equals (p_o − p_e)/(1 − p_e) computed from the 2×2 table in numpy; the
     bootstrap CI is seeded (same twice), brackets the point estimate, and is [1, 1] for perfect agreement on 4 items
-    (resamples with one class, where κ is undefined, are dropped)."""
+    (resamples with one class, where κ is undefined, are dropped); it takes one array as well as several, draws
+    every item, and its two tails are equal (2.5 % each)."""
     rng = np.random.default_rng(1)
     a = rng.integers(0, 2, 40)
     b = np.where(rng.random(40) < 0.75, a, 1 - a)
@@ -226,6 +229,13 @@ def test_kappa_and_bootstrap():
     assert ci[0] <= V.cohen_kappa(a, b) <= ci[1]
     tiny = np.array([0, 1, 0, 1])   # many resamples hold one class only: κ undefined there, dropped
     assert V.bootstrap_ci(V.cohen_kappa, tiny, tiny, n_boot=200) == [1.0, 1.0]
+    # one array; resamples draw every item (item 0 included): the max of [100, 0, 0, 0, 0] is 100 in the 67 % of
+    # resamples that hold item 0, so the upper end is 100; equal tails: negating the data mirrors the interval
+    spike = np.array([100.0, 0.0, 0.0, 0.0, 0.0])
+    assert V.bootstrap_ci(np.max, spike, n_boot=300)[1] == 100.0
+    lo, hi = V.bootstrap_ci(np.mean, a.astype(float), n_boot=300)
+    assert V.bootstrap_ci(np.mean, -a.astype(float), n_boot=300) == pytest.approx([-hi, -lo], abs=1e-12)
+    assert lo < a.mean() < hi
 
 
 def test_hand_labelled_set_is_well_formed():

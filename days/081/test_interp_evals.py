@@ -195,13 +195,21 @@ def test_eval_prompts_are_the_capstones_tokens(setup):
 
 def test_generation_at_coef_zero_matches_day_71(setup):
     """Spec: coefficient 0 reproduces the unhooked model's outputs: the provider's greedy generation path (no
-    key/value cache, hook on every pass) equals day 71's HF greedy generation token for token."""
+    key/value cache, hook on every pass) equals day 71's HF greedy generation token for token, and its monitor
+    score is the probe's logit at the prompt's last position (float32 through 30 blocks: 1e-4)."""
     msgs = [{"role": "user", "content": "What is the capital of France?"}]
     prompt = IE.render(setup["model"].tokenizer, msgs)
     text, score = IE.hooked_generate(setup["model"], prompt, 3, IE.steering_hooks(STEER_LAYER, setup["u"], 0.0),
                                      IE.MONITORS["gate"])
     assert text == LLM.smollm2_generate([msgs], max_tokens=3)[0]
     assert score is not None and math.isfinite(score)
+    # the monitor scores the prompt's last position: the probe on resid_pre there, from TransformerLens's own cache
+    monitor = IE.MONITORS["gate"]
+    with torch.no_grad():
+        _, cache = setup["model"].run_with_cache(torch.tensor([prompt]),
+                                                 names_filter=f"blocks.{monitor.layer}.hook_resid_pre")
+    ref = float(monitor.probe.score(cache[f"blocks.{monitor.layer}.hook_resid_pre"][:, -1])[0])
+    assert score == pytest.approx(ref, rel=1e-4, abs=1e-4)
 
 
 def test_choice_logprobs_and_provider_arguments():
@@ -231,7 +239,8 @@ def test_random_control_has_the_same_norm(setup):
 
 def test_auroc_and_intervals_against_scipy():
     """Spec: the monitor's AUROC (scikit-learn) equals Mann–Whitney's U / (n₁n₀) from scipy, ties included; its
-    bootstrap interval contains it; the Wilson interval equals the capstone's own formula."""
+    bootstrap interval (95 %, equal-tailed) contains it and is mirrored by negating the scores; the Wilson interval
+    equals the capstone's own formula; register_direction refuses a zero or non-finite direction."""
     from scipy.stats import mannwhitneyu
 
     rng = np.random.default_rng(0)
@@ -241,7 +250,13 @@ def test_auroc_and_intervals_against_scipy():
     assert IE.auroc(s, y) == pytest.approx(u / ((y == 1).sum() * (y == 0).sum()), rel=1e-12)
     lo, hi = IE.auroc_ci(s, y, n_boot=100)
     assert lo < IE.auroc(s, y) < hi
+    # an equal-tailed (2.5 %, 97.5 %) interval: negating the scores maps every bootstrap AUROC a to 1 − a (ties
+    # included), so with the same resamples the interval of −s is [1 − hi, 1 − lo]
+    assert IE.auroc_ci(-s, y, n_boot=100) == pytest.approx([1 - hi, 1 - lo], abs=1e-12)
     assert IE.wilson(17, 40) == pytest.approx(list(SY.wilson_interval(17, 40)), rel=1e-9)
+    for bad in (torch.zeros(8), torch.tensor([1.0, float("nan"), 0.0]), torch.tensor([float("inf"), 1.0])):
+        with pytest.raises(ValueError):
+            IE.register_direction("bad", bad)
 
 
 # ---------------------------------------------------------------- the committed results

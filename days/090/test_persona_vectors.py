@@ -85,7 +85,8 @@ def test_response_activations_equal_each_dialogue_run_alone(smol, measure):
 
 def test_extract_persona_vectors_is_the_mean_over_questions(smol):
     """ARENA 4.4 extract_persona_vectors: per persona, the mean over its questions of the response-averaged
-    activations; the chat carries the persona's system prompt (None: the template's default one)."""
+    activations; the chat carries the persona's system prompt (None: the template's default one); responses that
+    do not pair one-to-one with the questions are refused (ValueError), not truncated."""
     personas = {"pirate": D.PERSONAS["pirate"], D.ASSISTANT: None}
     questions = ["How would you describe yourself?", "What matters most to you?"]
     responses = {"pirate": ["Arr, I be a salty old sea dog!", "Gold and the open sea."],
@@ -97,6 +98,9 @@ def test_extract_persona_vectors_is_the_mean_over_questions(smol):
         torch.testing.assert_close(got[name], rows.mean(0), rtol=SMOLLM2_LOGIT_REL, atol=1e-4)
     assert not torch.allclose(got["pirate"], got[D.ASSISTANT])
     assert P.chat(None, "q")[0]["role"] == "user" and P.chat("s", "q")[0] == {"role": "system", "content": "s"}
+    with pytest.raises(ValueError):   # responses[name][i] answers questions[i]: a missing answer is an error
+        P.extract_persona_vectors({"pirate": D.PERSONAS["pirate"]}, questions, {"pirate": responses["pirate"][:1]},
+                                  [15], "smollm2")
 
 
 # ---------------------------------------------------------------- geometry of persona space
@@ -232,7 +236,7 @@ def test_judge_scores_are_the_yes_share_of_the_full_softmax(smol, measure):
 
 def test_rule_scores():
     """The rule-based scorer: evil and sycophantic by keywords; hallucinating = specific and unhedged (a hedge or
-    no specifics is not hallucinating)."""
+    no specifics is not hallucinating); trait_scores' "rules" scorer is 100 · rule_scores."""
     assert P.rule_scores("evil", ["I will crush them.", "Be kind to them."]).tolist() == [1, 0]
     assert P.rule_scores("sycophantic", ["You're absolutely right!", "No, that is wrong."]).tolist() == [1, 0]
     assert P.rule_scores("hallucinating", ["It was signed in 1873 by King Otto.",
@@ -240,11 +244,14 @@ def test_rule_scores():
                                            "that is an interesting question."]).tolist() == [1, 0, 0]
     with pytest.raises(ValueError):
         P.trait_scores("evil", ["q"], ["r"], scorer="oracle")
+    # trait_scores with the rules: 100 · rule_scores, on the judge's 0-100 scale (THRESHOLD = 50 reads both)
+    assert P.trait_scores("evil", ["q", "q"], ["I will crush them.", "Be kind to them."]).tolist() == [100.0, 0.0]
 
 
 def test_judge_agreement_uses_cohens_kappa():
     """Chapter 4's judge check: κ (scikit-learn) of the judge at the threshold and of the rules against hand
-    labels; the judge's AUROC; choose_scorer picks the higher κ."""
+    labels; the judge's AUROC; the judge's and the rules' accuracies (the fraction of answers where they agree with
+    the hand label; a score of exactly 50 is not above the threshold); choose_scorer picks the higher κ."""
     judge, rules, hand = torch.tensor([90.0, 20.0, 70.0, 40.0]), torch.tensor([1, 0, 0, 0]), torch.tensor([1, 0, 0, 1])
     a = P.judge_agreement(judge, rules, hand)
     assert a["judge_kappa"] == pytest.approx(cohen_kappa_score([1, 0, 0, 1], [1, 0, 1, 0]))
@@ -252,6 +259,15 @@ def test_judge_agreement_uses_cohens_kappa():
     assert a["judge_auroc"] == pytest.approx(0.75) and a["judge_accuracy"] == 0.5
     assert P.choose_scorer({"all": a}) == "rules"
     assert P.choose_scorer({"all": {"judge_kappa": 0.5, "rule_kappa": 0.5}}) == "judge"
+    # a score of exactly THRESHOLD = 50 does not express the trait (the judge says yes when score > 50); the
+    # accuracies are the fractions of agreement with the hand labels (4/5 and 3/5 here, not symmetric around 1/2)
+    judge, rules, hand = torch.tensor([50.0, 80.0, 20.0, 60.0, 10.0]), torch.tensor([0, 1, 1, 1, 1]), \
+        torch.tensor([0, 1, 0, 1, 1])
+    b = P.judge_agreement(judge, rules, hand)
+    assert b["judge_accuracy"] == pytest.approx(4 / 5) and b["rule_accuracy"] == pytest.approx(4 / 5)
+    assert b["judge_kappa"] == pytest.approx(cohen_kappa_score([0, 1, 0, 1, 1], [0, 1, 0, 1, 0]))
+    c = P.judge_agreement(judge, torch.tensor([1, 1, 1, 1, 0]), hand)
+    assert c["rule_accuracy"] == pytest.approx(2 / 5) and c["judge_accuracy"] == pytest.approx(4 / 5)
 
 
 def test_hand_labels_are_balanced():

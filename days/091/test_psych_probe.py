@@ -20,8 +20,8 @@ from sklearn.metrics import roc_auc_score
 
 from pathlib import Path
 
-from checks.committed import (SMOLLM2_LOGIT_REL, assert_reproduces, cited_results, exact, reproduction_failures,
-                              statistical, value_at)
+from checks.committed import (SMOLLM2_LOGIT_REL, assert_reproduces, cited_results, exact, float_ops,
+                              reproduction_failures, statistical, value_at)
 
 from . import psych_probe as S
 
@@ -190,7 +190,7 @@ def test_activation_capper_in_the_model(smol, tl, tokens, vectors, measure):
 def test_multi_turn_capping_generates_turn_by_turn_and_cleans_up(smol, vectors):
     """Multi-turn capping: each conversation alternates user and assistant turns after its system prompt, the
     capper is active only while generating (no hook remains), and a cap far above every projection changes
-    nothing (the capped conversation equals the uncapped one)."""
+    nothing (the capped conversation equals the uncapped one); a single conversation gets all its turns."""
     hf, _ = smol
     v = vectors[0]["trait/evil"][LAYER]
     qs = [["Hi!", "What now?"], ["Hello.", "And then?"]]
@@ -203,6 +203,9 @@ def test_multi_turn_capping_generates_turn_by_turn_and_cleans_up(smol, vectors):
     assert plain == high
     proj = S.turn_projections(plain, v, LAYER)
     assert proj.shape == (2, 2)
+    [one] = S.multi_turn("You are terse.", qs[:1], max_new_tokens=2)   # a single conversation: its own turns
+    assert [m["role"] for m in one] == ["system", "user", "assistant", "user", "assistant"]
+    assert [m["content"] for m in one if m["role"] == "user"] == qs[0]
 
 
 # ---------------------------------------------------------------- monitoring
@@ -210,7 +213,7 @@ def test_multi_turn_capping_generates_turn_by_turn_and_cleans_up(smol, vectors):
 
 def test_projections_and_monitoring_auroc():
     """Monitoring: the projection x·v/‖v‖, and its AUROC against judged labels (day 41's Mann-Whitney AUROC)
-    equal to scikit-learn's roc_auc_score; no AUROC when the labels have one class."""
+    equal to scikit-learn's roc_auc_score; no AUROC when the labels have one class (all positive or all negative)."""
     g = torch.Generator().manual_seed(2)
     X, v = torch.randn(30, 8, generator=g), torch.randn(8, generator=g)
     p = S.projections(X, v)
@@ -220,6 +223,8 @@ def test_projections_and_monitoring_auroc():
     assert m["auroc"] == pytest.approx(roc_auc_score(labels.numpy(), p.numpy()), abs=1e-12)
     assert m["ci95"][0] <= m["auroc"] <= m["ci95"][1] and m["n_pos"] + m["n_neg"] == 30
     assert S.monitoring_auroc(p, torch.ones(30))["auroc"] is None
+    none = S.monitoring_auroc(p, torch.zeros(30))            # no positive at all: one class, no AUROC either
+    assert none["auroc"] is None and none["ci95"] is None and (none["n_pos"], none["n_neg"]) == (0, 30)
 
 
 def test_last_prompt_activations_equal_each_prompt_alone(smol):
@@ -241,7 +246,7 @@ def test_committed_rates_follow_from_the_committed_answers(committed):
     """The trait-expression rates the post cites are day 90's chosen scorer applied to the committed answers
     (steering at each coefficient, the random direction, monitoring, multi-turn): re-scored now, the same counts.
     With the rule scorer this is exact (no arithmetic); the judge's decisions are exact while no score lies within
-    rounding of the threshold."""
+    rounding of the threshold. The monitoring AUROCs' bootstrap intervals recompute from the committed projections."""
     scorer = committed["scorer"]
     for trait, spec in S.D.TRAITS.items():
         held = spec["questions"][S.D.N_EXTRACT:]
@@ -254,6 +259,15 @@ def test_committed_rates_follow_from_the_committed_answers(committed):
         assert (s > PV.THRESHOLD).long().tolist() == mon["labels"]
         m = S.monitoring_auroc(torch.tensor(mon["projection_response"]), torch.tensor(mon["labels"]))
         assert_reproduces(m["auroc"], mon["response"]["auroc"], exact("ranks of committed numbers"))
+        # the bootstrap intervals the post draws are the code's: the same resamples of the committed projections
+        # (seeded) give the same quantiles of AUROCs, which are ranks: only the quantile's interpolation rounds
+        instructed = torch.tensor([1] * (len(mon["labels"]) // 2) + [0] * (len(mon["labels"]) // 2))
+        for key, proj, lab in (("response", "projection_response", torch.tensor(mon["labels"])),
+                               ("prompt", "projection_prompt", torch.tensor(mon["labels"])),
+                               ("response_vs_instruction", "projection_response", instructed)):
+            now = S.monitoring_auroc(torch.tensor(mon[proj]), lab)
+            assert_reproduces(now["ci95"], mon[key]["ci95"], float_ops(4, why="a quantile's interpolation"),
+                              name=f"{trait}.{key}.ci95")
 
 
 def test_committed_monitoring_projections_reproduce(committed, vectors, measure):

