@@ -26,7 +26,9 @@ from checks.timing import single_thread
 from . import pitfalls as P
 
 HERE = Path(__file__).parent
-FACTUAL = P.factual_records()
+# Selected here, not with the exercise factual_records: on a practice copy its stub must fail its own test, not
+# the module's collection (test_factual_records_are_the_factual_category checks the exercise against this).
+FACTUAL = [r for r in P.setup.load_records() if r["behavior_category"] == "factual"]
 needs_smollm2 = pytest.mark.asset("smollm2-135m-instruct")
 
 
@@ -325,3 +327,8 @@ def test_experiment_reproduces_the_committed_headlines(tmp_path, committed, meas
                           statistical(2e-3, why="float32 logits"), name=name)
     assert_reproduces(now["leaky_scorer"]["zero_knowledge"], committed["leaky_scorer"]["zero_knowledge"],
                       exact("a deterministic reply"))
+
+
+def test_factual_records_are_the_factual_category():
+    """factual_records: the day-076 dataset's records of category "factual", in file order."""
+    assert P.factual_records() == FACTUAL and len(FACTUAL) > 0

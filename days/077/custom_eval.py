@@ -40,11 +40,12 @@ from inspect_ai.dataset import json_dataset
 from inspect_ai.solver import generate
 
 HERE = Path(__file__).parent
-ROOT = HERE.parents[1]
+DAY_075 = Path(importlib.import_module("days.075").__file__).parent   # by import: a practice copy lives elsewhere
+ROOT = DAY_075.parents[1]
 SETUP = importlib.import_module("days.076.inspect_setup")   # record_to_sample_full, solvers, scorers, intervals
 llm = importlib.import_module("days.071.llm")                # the smollm2 provider, the log-prob solver
 
-DATASET_PATH = ROOT / "days/075/data/filtered_questions.json"   # day 074 generated, day 075 filtered
+DATASET_PATH = DAY_075 / "data/filtered_questions.json"   # day 074 generated, day 075 filtered
 SEED = 77
 MAX_TOKENS = {"answer": 32, "reasoning": 96, "choice": 16}
 SCORERS = ("answer_letter", "lenient_letter")
