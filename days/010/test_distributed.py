@@ -324,6 +324,22 @@ def _fails_on_rank1(rank, world_size, device):
     return {}
 
 
+def _rank1_fails_rank0_sleeps(rank, world_size, device):
+    if rank == 1:
+        raise RuntimeError("rank 1 broke")
+    time.sleep(3600)                                                  # busy elsewhere: never notices the failure
+
+
+def test_a_failed_rank_stops_the_world_after_a_five_second_grace(tmp_path):
+    """launch's contract: once a rank has failed, the others get 5 s to notice, then are terminated, long before the
+    launch timeout (60 s here): the WorkerError names the failed rank after about 5 s (start-up and the 2 s terminate
+    join included, under 9 s)."""
+    start = time.perf_counter()
+    with pytest.raises(D.WorkerError, match="rank 1 broke"):
+        D.launch(_rank1_fails_rank0_sleeps, 2, start_method="fork", timeout=60, store_dir=tmp_path)
+    assert 4.9 < time.perf_counter() - start < 9.0
+
+
 def _hangs(rank, world_size, device):
     time.sleep(3600)
 

@@ -408,7 +408,7 @@ def synthetic_sweep(tmp_path_factory):
             if config == {"x": 1.0, "act": "tanh", "model": {"width": 8}} and step == 2:
                 raise RuntimeError("diverged")
 
-    out = tmp_path_factory.mktemp("sweep")
+    out = tmp_path_factory.mktemp("sweep") / "runs" / "synthetic"     # a folder that does not exist yet, nested
     return W.run_sweep(SYNTHETIC, train, dir=out), logged, out
 
 
@@ -500,6 +500,24 @@ def test_train_digits_learns_and_is_deterministic():
     assert set(first[0]) == {"epoch", "train_loss", "val_loss", "val_accuracy"}
     assert first[-1]["val_accuracy"] > 0.9 and first[-1]["val_loss"] < first[0]["val_loss"]
     assert first == second
+
+
+def test_train_digits_logs_the_epochs_mean_training_loss():
+    """train_loss is the epoch's mean per-example cross-entropy (batch means weighted by batch size). With lr = 0 the
+    model never moves, so it equals F.cross_entropy of the initial model (seed 0) over the whole training split, and
+    val_loss the same over the validation split."""
+    import torch.nn.functional as F
+
+    rows = []
+    config = {"optimizer": "sgd", "lr": 0.0, "batch_size": 100, "epochs": 2}
+    model = W.train_digits(config, rows.append)
+    X, y, Xv, yv = W.digits_split()
+    with torch.no_grad():
+        train_loss, val_loss = F.cross_entropy(model(X), y).item(), F.cross_entropy(model(Xv), yv).item()
+    assert len(X) % 100 != 0                                          # a short last batch: the weights matter
+    for row in rows:
+        assert row["train_loss"] == pytest.approx(train_loss, rel=1e-5)
+        assert row["val_loss"] == pytest.approx(val_loss, rel=1e-5)
 
 
 def test_results_json_is_current(committed, measure):

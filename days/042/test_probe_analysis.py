@@ -205,6 +205,52 @@ def test_attention_probe_finds_the_informative_token():
     assert attn > 0.9 and abs(last - 0.5) < 0.1
 
 
+def test_attention_probe_predicts_true_only_for_a_positive_logit():
+    """pred is score > 0, sklearn's rule for a binary linear classifier (LinearClassifierMixin.predict): a logit of
+    exactly 0 (probability ½, as from the untrained probe, whose q, v and b are all zero) predicts false."""
+    acts, mask, _, _ = _sequences()
+    probe = A.AttentionProbe(acts.shape[-1])
+    assert torch.equal(probe.score(acts, mask), torch.zeros(len(acts), dtype=torch.float64))
+    assert torch.equal(probe.pred(acts, mask), torch.zeros(len(acts), dtype=torch.long))
+    with torch.no_grad():
+        probe.value.copy_(torch.randn(acts.shape[-1], generator=torch.Generator().manual_seed(1), dtype=torch.float64))
+    scores = probe.score(acts, mask)
+    assert torch.equal(probe.pred(acts, mask), (scores > 0).long()) and 0 < probe.pred(acts, mask).sum() < len(acts)
+
+
+def test_attention_probe_fit_is_a_stationary_point_of_the_standardised_loss():
+    """from_data minimises the loss on standardised activations z = (x − μ)/s (μ, s from day 40's standardiser over the
+    real tokens) and folds the standardisation back: q = s·query, v = s·value, b = bias + value·μ recover the fitted
+    parameters, and there the loss's gradient (autograd) vanishes, bias included, for labels that are not balanced
+    (so b = 0 is not optimal) on activations far from standardised (μ ≠ 0, s ≠ 1). The folded probe's logits on x
+    equal the fitted ones on z (the constant q·μ/s drops out of the softmax)."""
+    g = torch.Generator().manual_seed(3)
+    n, s_len, d = 120, 6, 5
+    acts = torch.randn(n, s_len, d, generator=g, dtype=torch.float64)
+    y = (torch.arange(n) % 4 != 0).long()                             # 3 of every 4 true
+    where = torch.randint(0, s_len, (n,), generator=g)
+    acts[torch.arange(n), where, 0] += 3.0
+    acts[torch.arange(n), where, 1] += 1.0 * (2 * y - 1)
+    acts = 7.0 * acts + 3.0
+    lengths = torch.randint(2, s_len + 1, (n,), generator=g)
+    mask = torch.arange(s_len)[None, :] < lengths[:, None]
+    mask[torch.arange(n), where] = True
+    probe = A.AttentionProbe.from_data(acts, mask, y)
+
+    real = acts[mask]
+    mu = real.mean(0)
+    s = (real - mu).pow(2).mean().sqrt()
+    assert abs(s - 7.0) < 1.0 and mu.abs().max() > 2.0
+    z = (acts - mu) / s
+    q, v = (s * probe.query.detach()).requires_grad_(), (s * probe.value.detach()).requires_grad_()
+    b = (probe.bias.detach() + probe.value.detach() @ mu).requires_grad_()
+    loss = A.attention_probe_loss(z, mask, y, q, v, b, 1e-2)
+    grads = torch.autograd.grad(loss, (q, v, b))
+    assert max(gr.abs().max().item() for gr in grads) < 1e-6, [gr.abs().max().item() for gr in grads]
+    assert abs(b.item()) > 0.1                                        # the bias was trained: imbalance needs one
+    assert_parity(probe.score(acts, mask), A.attention_probe_forward(z, mask, q, v, b).detach(), atol=1e-9)
+
+
 def test_sequence_activations_equal_each_alone(measure):
     """Full-sequence activations (right-padded batches, with their mask) equal Hugging Face's hidden states of each
     prompt run alone at every real position (SMOLLM2_LOGIT_REL × the residual's scale)."""
@@ -231,7 +277,9 @@ def test_directions_share_a_norm():
     x, y = _planted(200, d=16, signal=2.0)
     dirs = A.probe_directions(x, y)
     assert set(dirs) == {"mm", "mm_iid", "lr"}
-    norm = dirs["mm"].norm()
+    theta = x[y == 1].mean(0) - x[y == 0].mean(0)                    # the difference of means, computed here
+    assert_parity(dirs["mm"], theta, atol=1e-12)
+    norm = theta.norm()
     for name, d in dirs.items():
         assert abs(d.norm() - norm) < 1e-9 * norm
         assert ((x[y == 1] - x[y == 0].mean(0)) @ d).mean() > 0, name

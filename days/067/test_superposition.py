@@ -213,6 +213,17 @@ def test_phase_diagram_agrees_with_the_analytic_boundary(phase_sweep, measure):
     assert not disagree
     assert summary["n_decided"] >= 0.6 * summary["n_cells"]
     assert set(diagram["empirical"][decided].tolist()) == set(S.PHASES)
+    # the summary's own numbers, recomputed here: agreement over all and decided cells, the r = 1 boundaries
+    # (zero bias: 4r/(2 + 5r) = 4/7; optimal bias: the root of antipodal − single-feature loss, by brentq here)
+    agree = diagram["empirical"] == diagram["analytic"]
+    assert summary["agreement_all"] == pytest.approx(agree.mean(), abs=1e-12)
+    assert summary["n_cells"] == 49 and summary["n_decided"] == int(decided.sum())
+    assert summary["boundary_zero_bias_r1"] == pytest.approx(4 / 7, abs=1e-12)
+    tie = lambda p: (lambda c: c["antipodal"] - c["feature 2 only"])(S.candidate_losses(1.0, p))  # noqa: E731
+    assert summary["boundary_r1"] == pytest.approx(optimize.brentq(tie, 1e-3, 0.999, xtol=1e-12), abs=1e-8)
+    b_star = optimize.minimize_scalar(lambda b: S.antipodal_feature_loss(b, summary["boundary_r1"]),
+                                      bounds=(0.0, 1.0), method="bounded", options={"xatol": 1e-10}).x
+    assert summary["optimal_bias_at_boundary_r1"] == pytest.approx(b_star, abs=1e-6) and b_star > 0.01
 
 
 @pytest.fixture(scope="module")
@@ -312,6 +323,24 @@ def test_computation_model_computes_abs_with_two_neurons_per_feature(measure):
     measure("abs.loss_ratio", (loss / untrained).max(), "≤ 0.01")
     assert (loss / untrained).max() <= 0.01
     assert summary["n_features_with_both_signs"] == [3, 3]
+
+
+def test_computation_summary_on_hand_built_weights():
+    """computation_summary's rules on weights built by hand (2 instances, 4 neurons, 3 features, threshold 0.5): a
+    neuron owns its largest-|weight| feature when that weight exceeds the threshold; a feature with a positive and a
+    negative owning neuron computes |x|; a neuron with two or more weights above the threshold in magnitude is
+    polysemantic (exactly two counts)."""
+    W1 = torch.zeros(2, 4, 3)
+    W1[0, 0] = torch.tensor([1.0, 0.0, 0.0])     # + owns feature 0
+    W1[0, 1] = torch.tensor([-1.0, 0.2, 0.0])    # − owns feature 0: feature 0 has both signs
+    W1[0, 2] = torch.tensor([0.0, 0.9, -0.6])    # + owns feature 1; two weights above 0.5: polysemantic
+    W1[0, 3] = torch.tensor([0.0, 0.0, 0.4])     # below threshold: owns nothing
+    W1[1, 0] = torch.tensor([0.7, 0.6, 0.55])    # three above: polysemantic; + owns feature 0
+    W1[1, 1] = torch.tensor([0.0, -0.8, 0.0])    # − owns feature 1
+    W1[1, 2] = torch.tensor([0.0, 0.8, 0.0])     # + owns feature 1: feature 1 has both signs
+    W1[1, 3] = torch.tensor([0.0, 0.0, -0.5])    # exactly at the threshold: not above it, owns nothing
+    summary = S.computation_summary(W1)
+    assert summary == {"n_features_with_both_signs": [1, 1], "n_polysemantic_neurons": [1, 1]}
 
 
 # ---------------------------------------------------------------- what the post cites

@@ -236,6 +236,40 @@ def test_resample_simple_touches_only_dead_latents():
     assert torch.equal(Wd[~dead], before["_W_dec"][~dead])
 
 
+def test_dead_means_never_fired_and_no_dead_latent_means_no_resampling():
+    """A latent is dead only if it fired on no input in the whole window: one firing in 10⁸ inputs (a fraction of
+    1e-8) keeps it alive. With no dead latent, resample_simple resamples none (returns 0) and changes nothing."""
+    window = torch.zeros(4, 1, 3)
+    window[2, 0, 1] = 1e-8
+    window[:, 0, 2] = 0.5
+    assert T.dead_latents(window).tolist() == [[True, False, False]]
+    sae = random_sae("standard")
+    before = {n: p.detach().clone() for n, p in sae.named_parameters()}
+    assert sae.resample_simple(torch.full((20, 3, 6), 0.1), 0.5) == 0
+    assert all(torch.equal(p, before[n]) for n, p in sae.named_parameters())
+
+
+def test_heaviside_and_jumprelu_are_zero_at_the_threshold():
+    """Rajamanoharan et al. 2024: H(z) = 1[z > 0], so at x = θ exactly the step is 0 and JumpReLU(θ) = θ·H(0) = 0;
+    just above θ both fire."""
+    theta = torch.tensor([0.3, 0.5])
+    x = torch.tensor([[0.3, 0.5], [0.30001, 0.50001]])
+    assert T.Heaviside.apply(x, theta, 0.01).tolist() == [[0.0, 0.0], [1.0, 1.0]]
+    assert T.JumpReLU.apply(x, theta, 0.01)[0].tolist() == [0.0, 0.0]
+    assert T.JumpReLU.apply(x, theta, 0.01)[1].tolist() == x[1].tolist()
+
+
+def test_ratio_at_l0_interpolates_in_log_l0_and_accepts_the_bracket_ends():
+    """ratio_at_l0: linear in log L0 between the two sweep points around the target (geometric midpoint of 1 and 16
+    is 4: halfway between their ratios), exact at a sweep point, the ends of the bracket included; outside, an
+    error that says so."""
+    l0, ratio = torch.tensor([16.0, 1.0, 64.0]), torch.tensor([0.8, 0.4, 1.0])
+    assert T.ratio_at_l0(l0, ratio, 4.0) == pytest.approx(0.6, abs=1e-6)
+    assert T.ratio_at_l0(l0, ratio, 1.0) == pytest.approx(0.4, abs=1e-7)
+    with pytest.raises(AssertionError, match="must bracket"):
+        T.ratio_at_l0(l0, ratio, 0.5)
+
+
 def test_resample_advanced_uses_badly_reconstructed_inputs():
     """ARENA 1.5.4, resample_advanced: each dead latent's decoder row is the unit direction of some input h - b_dec of
     the batch (cosine 1 with one of them), drawn with probability ∝ loss² (an input reconstructed perfectly is never
@@ -341,6 +375,8 @@ def test_shrinkage_and_recovery_measures_on_hand_built_saes():
             torch.testing.assert_close(T.shrinkage(sae)["ratio"], torch.full((2,), expected), atol=1e-5, rtol=0)
         sae.b_enc.data.fill_(-2.0)
         torch.testing.assert_close(T.shrinkage(sae)["ratio"], torch.zeros(2), atol=1e-6, rtol=0)
+        sae.b_enc.data.fill_(10.0)                   # every latent fires on every ordinary input (|W_enc h| < 10)
+        torch.testing.assert_close(T.shrinkage(sae)["l0"], torch.full((2,), 4.0), atol=0, rtol=0)
     five = T.ToySAE(T.ToySAEConfig(n_inst=2, d_in=2, d_sae=5), model)
     with torch.no_grad():
         five._W_dec.data = 3.0 * model.W.transpose(-1, -2)
