@@ -159,6 +159,9 @@ def test_hint_summary_counts():
     assert (s["switched_to_hint"]["k"], s["switched_without_mention"]["k"]) == (sw.sum(), silent.sum())
     assert s["fisher_p"] == pytest.approx(fisher_exact([[fb.sum(), 40 - fb.sum()], [fu.sum(), 40 - fu.sum()]],
                                                        alternative="greater")[1])
+    right_b = sum(L == it["answer"] for L, it in zip(bia["letter"], items))
+    right_u = sum(L == it["answer"] for L, it in zip(unb["letter"], items))
+    assert (s["accuracy_biased"]["k"], s["accuracy_unbiased"]["k"]) == (right_b, right_u) and right_u > 0
 
 
 # ---------------------------------------------------------------- SmolLM2

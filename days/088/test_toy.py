@@ -59,6 +59,10 @@ def test_truncation_and_training_batch():
     for row in torch.nonzero(~full)[:, 0]:
         pos = int(mask[row].argmax())
         assert tokens[row, pos] == T.A and mask[row].sum() == 1
+    # every truncation point k in 0..N_LINES-1 occurs (k uniform): the answer target sits at answer_pos(k)
+    _, mask = T.training_batch(400, np.random.default_rng(1), p_truncate=1.0)
+    answer_targets = {int(row.argmax()) for row in mask}
+    assert answer_targets == {T.answer_pos(k) for k in range(T.N_LINES)}
 
 
 def test_training_code_learns():
@@ -119,6 +123,8 @@ def test_forced_importance_ranks_the_anchor_first(toy, committed):
     assert works.mean() > 0.5
     assert (imp[works].argmax(1) == anchor[works]).all()
     res = C.toy_importance(model, n_forced=500, n_resampled=0)["forced"]
+    assert res["example"]["anchor"] == anchor[0]                     # the example is the first trace
+    np.testing.assert_allclose(res["example"]["importance"], imp[0], atol=1e-12)
     assert abs(res["mean_importance_filler"]) < 0.05 < res["mean_importance_anchor"]
     assert all(res["importance_by_offset"]["0"] > v for o, v in res["importance_by_offset"].items() if o != "0")
     assert_reproduces(res["anchor_ranked_first"]["p"], committed["toy"]["importance"]["forced"]["anchor_ranked_first"]["p"],
@@ -138,6 +144,23 @@ def test_sampled_scratchpad_keeps_prefix_and_grammar(toy):
             st, _ = T.line_span(j)
             assert ((out[:, st] == T.S) | (out[:, st] == T.F)).all()
             assert (out[:, st + 1] < 10).all() and (out[:, st + 2] == T.NL).all()
+
+
+def test_sampled_scratchpad_is_greedy_at_low_temperature(toy):
+    """Sampling at temperature τ draws from softmax(logits/τ) over the allowed tokens: as τ → 0 that is the argmax,
+    so at τ = 1e-4 the regenerated lines equal a greedy decode written here (the toy's logits are far from ties)."""
+    model, _ = toy
+    tokens = T.make_traces(8, seed=5)["tokens"]
+    out = T.sample_scratchpad(model, tokens, 1, torch.Generator().manual_seed(0), temperature=1e-4)
+    greedy = tokens.clone()
+    with torch.no_grad():
+        for k in range(1, T.N_LINES):
+            st, _ = T.line_span(k)
+            for pos, allowed in ((st, [T.S, T.F]), (st + 1, list(range(10)))):
+                logits = model(greedy[:, :pos])[:, -1]
+                greedy[:, pos] = torch.tensor(allowed)[logits[:, allowed].argmax(-1)]
+            greedy[:, st + 2] = T.NL
+    assert torch.equal(out[:, :T.answer_pos()], greedy[:, :T.answer_pos()])
 
 
 def test_resampling_importance_ranks_the_anchor_first(toy):
