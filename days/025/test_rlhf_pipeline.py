@@ -601,7 +601,11 @@ def test_ppo_raises_reward_and_the_kl_penalty_bounds_kl(measure):
     least 2.5× the first phase's; with β = 2, the KL to the reference ends at most half the unpenalised
     run's."""
     free = char_trainer(kl_coef=0.0, phases=12)
-    free.train()
+    lines = []
+    free.train(log=lines.append)
+    # each phase's stats and log line carry its index, 0..11, and the trainer ends at phase 12
+    assert [s.phase for s in free.stats] == list(range(12)) and free.phase == 12
+    assert [line.split()[1] for line in lines] == [str(i) for i in range(12)]
     tied = char_trainer(kl_coef=2.0, phases=12)
     tied.train()
     first, last = free.stats[0].reward_mean, sum(s.reward_mean for s in free.stats[-3:]) / 3

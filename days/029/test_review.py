@@ -24,7 +24,7 @@ HERE = Path(__file__).parent
 
 def test_numbers_print_as_the_posts_print_them():
     """fmt formats like the pipeline's format_number, which renders every number in the posts."""
-    for value in [0, 7, 12345, 0.5, 1.23456789, 1e-7, -3.2e-5, 123456.7, 2.0, True, "passed"]:
+    for value in [0, 7, 12345, 0.5, 1.23456789, 1e-7, -3.2e-5, 123456.7, 2.0, True, "passed", 1e-3, -1e-3, 1e5]:
         assert R.fmt(value) == format_number(value)
 
 
@@ -49,12 +49,15 @@ def test_gate_measurements_read_a_gate_report(tmp_path):
          "measured": [{"name": "err", "value": 1e-13, "bound": "≤ 1e-12"}, {"name": "seconds", "value": 2.5}], "message": None},
         {"nodeid": "days/027/test_x.py::test_b", "outcome": "failed", "duration_s": 0.1, "doc": "b",
          "measured": [{"name": "bad", "value": 3.0, "bound": "< 1"}], "message": "boom"},
+        {"nodeid": "days/027/test_x.py::TestK::test_c", "outcome": "passed", "duration_s": 0.1, "doc": "c",
+         "measured": [{"name": "k", "value": 4}], "message": None},
     ]
-    save_cached(proj, GateResult(27, "sha256:abc", "2026-01-01T00:00:00+00:00", 3.2, 1, {"passed": 1, "failed": 1}, tests))
+    save_cached(proj, GateResult(27, "sha256:abc", "2026-01-01T00:00:00+00:00", 3.2, 1, {"passed": 2, "failed": 1}, tests))
     got = R.gate_measurements(proj, 27)
-    assert got["fingerprint"] == "sha256:abc" and got["n_passed"] == 1
+    assert got["fingerprint"] == "sha256:abc" and got["n_passed"] == 2
     assert got["measured"] == [{"test": "test_a[p1]", "name": "err", "value": 1e-13, "bound": "≤ 1e-12"},
-                               {"test": "test_a[p1]", "name": "seconds", "value": 2.5, "bound": None}]
+                               {"test": "test_a[p1]", "name": "seconds", "value": 2.5, "bound": None},
+                               {"test": "TestK::test_c", "name": "k", "value": 4, "bound": None}]
 
 
 def test_tables_are_built_from_the_data():
@@ -119,3 +122,12 @@ def test_assert_current_names_each_kind_of_change():
     unseen["15"]["gate"] = None
     with pytest.raises(AssertionError, match="has not seen"):
         R.assert_current(unseen, copy.deepcopy(recorded), review_day=29)
+    # the gate time is compared only when it is the same check (same last_check); a new check may take longer
+    slower = copy.deepcopy(recorded)
+    slower["15"]["ledger"]["gate_seconds"] = 2.0
+    with pytest.raises(AssertionError, match="gate seconds"):
+        R.assert_current(recorded, slower, review_day=29)
+    slower["15"]["ledger"]["last_check"] = "t2"
+    assert R.assert_current(recorded, slower, review_day=29) == 1
+    # no gate report on either side (a fresh clone of a fresh review): nothing to compare, nothing stale
+    assert R.assert_current(unseen, copy.deepcopy(unseen), review_day=29) == 0
