@@ -224,6 +224,22 @@ def test_wikitext_detokenizer_and_corpus(smol):
     assert text.startswith("Homarus gammarus\nHomarus gammarus, known as the European lobster")
 
 
+def test_wikitext_tokens_are_the_running_text_of_any_split_file(smol, tmp_path):
+    """wikitext_tokens on a split file of its own (path=): the tokens decode to the file's non-blank lines,
+    detokenized, each ending in a newline, from the first line on; exactly as many tokens as the file has are
+    served, one more is a clear error."""
+    tok = smol[0].tokenizer
+    lines = ["First line , here .", "", " = Heading = ", "Last line ."]
+    (tmp_path / "wikitext-2-valid.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    text = "First line, here.\nHeading\nLast line.\n"
+    total = len(tok(text, add_special_tokens=False)["input_ids"])
+    tokens = T.wikitext_tokens(tok, 1, total, path=tmp_path)
+    assert tok.decode(tokens.flatten()) == text
+    assert tok.decode(T.wikitext_tokens(tok, 2, 3, path=tmp_path).flatten()) == tok.decode(tokens[0, :6])
+    with pytest.raises(ValueError, match=f"has only {total} tokens, {total + 1} requested"):
+        T.wikitext_tokens(tok, 1, total + 1, path=tmp_path)
+
+
 def test_diagonal_scores_on_constructed_patterns():
     """The detectors on patterns with known answers: the identity is a pure current-token head, the shifted
     identity a pure previous-token head, attention to position 0 a pure first-token head; on a sequence
@@ -248,6 +264,14 @@ def test_diagonal_scores_on_constructed_patterns():
     induction[torch.arange(6, 11), torch.arange(2, 7)] = 1
     assert T.diagonal_attention(induction, half - 1, first_query=half + 1).item() == 1.0
     assert T.detect_heads(torch.tensor([[0.1, 0.9], [0.6, 0.2]]), 0.5) == ["0.1", "1.0"]
+    assert T.detect_heads(torch.tensor([[0.5, 0.9], [0.25, 0.2]]), 0.5) == ["0.1"]   # "exceeds": 0.5 is not above 0.5
+    # head_detector_scores: [layer, batch, head, q, k] patterns, one detector per head, averaged over the batch
+    patterns = torch.stack([eye, prev, first])[None, None].expand(2, 3, 3, n, n)
+    scores = T.head_detector_scores(patterns)
+    assert {k: v.shape for k, v in scores.items()} == {k: (2, 3) for k in ("current", "previous", "first")}
+    assert scores["current"][0].tolist() == pytest.approx([1, 0, 0], abs=1e-7)
+    assert scores["previous"][1].tolist() == pytest.approx([0, 1, 1 / (n - 1)], abs=1e-7)
+    assert scores["first"][0].tolist() == pytest.approx([0, 1 / (n - 1), 1], abs=1e-7)
 
 
 def test_previous_token_score_equals_transformer_lens_head_detector(smol, measure):
