@@ -70,10 +70,16 @@ def test_statement_sets_are_seeded_true_false_twins(committed):
     for p in S.make_pairs("neg_cities"):
         assert p.false == f"The city of {p.group} is not in {truth[p.group]}."
         assert not p.true.endswith(f" in {truth[p.group]}.")
-    for p in S.make_pairs("larger_than") + S.make_pairs("smaller_than"):
-        words = p.true.rstrip(".").split()                    # "73 is larger than 41"
-        a, b = int(words[0]), int(words[-1])
-        assert (a > b) == (words[2] == "larger") and p.false == f"{b} is {words[2]} than {a}."
+    for name in ("larger_than", "smaller_than"):
+        for p in S.make_pairs(name):
+            words = p.true.rstrip(".").split()                # "73 is larger than 41"
+            a, b = int(words[0]), int(words[-1])
+            assert words[2] == name.split("_")[0]             # each set states its own relation
+            assert (a > b) == (words[2] == "larger") and p.false == f"{b} is {words[2]} than {a}."
+    # the numbers are drawn from NUMBER_RANGE, both ends included: over ten seeds every one of them occurs
+    lo, hi = S.NUMBER_RANGE
+    drawn = {int(w) for seed in range(10) for p in S.make_pairs("larger_than", seed=seed) for w in p.true.rstrip(".").split()[::4]}
+    assert drawn == set(range(lo, hi + 1))
     assert S.make_pairs("cities", seed=1) != S.make_pairs("cities", seed=0)
     statements, labels, groups = S.flatten(S.make_pairs("sp_en_trans")[:3])
     assert labels == [1, 0] * 3 and groups == [0, 0, 1, 1, 2, 2]
@@ -193,6 +199,9 @@ def test_mm_probe_is_difference_of_means(gate_data):
     mid = (xn[yn == 1].mean(0) + xn[yn == 0].mean(0)) / 2
     assert (probe.pred(x).numpy() == ((xn - mid) @ theta > 0)).all()
     assert torch.all((probe(x) > 0.5) == probe.pred(x).bool())
+    # a score of exactly 0 (on the midpoint) predicts false: sklearn's rule for a binary linear classifier
+    # (LinearClassifierMixin.predict: scores > 0)
+    assert probe.pred(torch.as_tensor(mid)[None]).tolist() == [0]
 
 
 def test_mm_probe_covariance_corrected_is_lda(measure):
@@ -305,6 +314,10 @@ def test_generalization_matrix_planted_directions():
     assert abs(at("R", "R") - 0.5) < 0.25
     probe = P.LRProbe.from_data(*data["R"])
     assert P.accuracy(probe, *data["R"]) == 1.0        # training accuracy: memorised
+    # center_each: each set is centred on its own mean first, so moving a whole set by a constant changes nothing
+    # (up to a decision flipped at a near-tie by rounding: 2 of 200)
+    moved = dict(data, B=(data["B"][0] + 20.0, data["B"][1]))
+    assert np.allclose(P.generalization_matrix(moved, probe="lr", k=5)[1], matrix, atol=0.011)
 
 
 def test_control_labels_hewitt_liang(gate_data, measure):
