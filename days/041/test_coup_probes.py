@@ -96,6 +96,12 @@ def test_response_span_decodes_to_the_assistant_text(smol):
         assert tok.decode(ids[:start]) == tok.apply_chat_template(dialogue[:-1], tokenize=False,
                                                                   add_generation_prompt=True)
         assert end == len(ids)
+    # a longer dialogue: every turn before the last is the prefix (here a system message and a user turn)
+    long = [{"role": "system", "content": "Answer briefly."}, {"role": "user", "content": "Where is Paris?"},
+            {"role": "assistant", "content": "Paris is in France."}]
+    ids, (start, end) = C.render_dialogue(tok, long)
+    assert tok.decode(ids[:start]) == tok.apply_chat_template(long[:2], tokenize=False, add_generation_prompt=True)
+    assert "Answer briefly." in tok.decode(ids[:start]) and tok.decode(ids[start:end]) == "Paris is in France."
 
 
 def test_dialogue_activations_batched_equal_each_alone(smol, pair_acts, measure):
@@ -177,6 +183,14 @@ def test_auroc_matches_sklearn_and_bootstrap_ci():
     lo, hi = C.bootstrap_auroc_ci(torch.tensor(scores), torch.tensor(labels), n_boot=300, seed=1)
     assert lo < roc_auc_score(labels, scores) < hi
     assert (lo, hi) == C.bootstrap_auroc_ci(torch.tensor(scores), torch.tensor(labels), n_boot=300, seed=1)
+    # the resampling draws every score: one positive (the first) below every negative, or one negative (the first)
+    # above every positive, pulls the lower end below 1 (a resample leaves a given one of 20 out with p ≈ 0.36 only)
+    for first in (1, 0):
+        labels = torch.tensor([first] + [1 - first] * 20 + [first] * 19)
+        scores = torch.where(labels == 1, 1.0, 0.0)
+        scores[0] = -1.0 if first == 1 else 2.0
+        lo, hi = C.bootstrap_auroc_ci(scores, labels, n_boot=400, seed=0)
+        assert lo < 0.97 and hi == 1.0
 
 
 def test_generate_answers_batched_equals_alone(smol):
@@ -240,6 +254,26 @@ def test_flip_rate_counts_answers_that_change(smol):
     assert torch.equal(pooled["random"]["steered"], zero["baseline"].repeat(2))
     r = C.random_direction_like(direction, seed=0)
     assert abs(r.norm() - direction.norm()) < 1e-4 and abs(torch.dot(r, direction) / direction.norm() ** 2) < 0.2
+
+
+def test_steering_rates_and_shifts_when_verdicts_flip(smol):
+    """With a coefficient large enough to flip verdicts (10 × a random direction at layer 12): rate = flipped / n,
+    for one direction and for the pooled random ones; the shift towards the other answer is steered − baseline
+    where the verdict was False (baseline ≤ 0, a verdict exactly at 0 included, as the push itself treats it) and
+    baseline − steered where it was True; a baseline the caller passes is the one used, also by
+    steering_conditions."""
+    statements = ["The city of Paris is in France.", "The city of Lima is in Japan.", "The city of Rome is in Italy.",
+                  "The city of Oslo is in Peru."]
+    direction = torch.randn(576, generator=torch.Generator().manual_seed(1))
+    given = C.steering_flips(statements, direction, 12, 0.0, "smollm2")["baseline"].clone()
+    given[0] = 0.0
+    one = C.steering_flips(statements, direction, 12, 10.0, "smollm2", baseline=given)
+    assert torch.equal(one["baseline"], given) and one["flipped"] > 0 and one["rate"] == one["flipped"] / 4
+    towards = [(s - b) if b <= 0 else (b - s) for b, s in zip(given.tolist(), one["steered"].tolist())]
+    assert one["mean_shift_towards_other"] == pytest.approx(float(np.mean(towards)), abs=1e-6)
+    pooled = C.steering_conditions(statements, {"d": direction}, 12, 10.0, "smollm2", baseline=given, n_random=2)
+    assert pooled["d"]["flipped"] == one["flipped"] and torch.equal(pooled["random"]["baseline"], given.repeat(2))
+    assert pooled["random"]["flipped"] > 0 and pooled["random"]["rate"] == pooled["random"]["flipped"] / 8
 
 
 def test_committed_numbers_are_consistent(committed):
