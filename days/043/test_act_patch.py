@@ -122,6 +122,18 @@ def test_residual_summary_reads_the_grid():
         "final_position_first_layer_restoring_tenth": 2, "final_position_first_layer_restoring_half": 2,
         "final_position_first_layer_restoring_90pct": 3, "max_abs_delta_before_tenth": 0.5}
     assert A.residual_summary(grid, 100.0, [0, 1, 2, 3])["final_position_first_layer_restoring_90pct"] == -1
+    # "exceeds": an effect of exactly a tenth of the gap (1.0 of 10) is not yet a tenth restored
+    exact = [[0.2, -0.3], [0.1, 1.0], [0.0, 6.0], [0.0, 9.5]]
+    assert A.residual_summary(exact, 10.0, [0, 1, 2, 3])["final_position_first_layer_restoring_tenth"] == 2
+    # nothing before the first layer: the largest |Δm| before it is 0
+    assert A.residual_summary([[0.0, 2.0], [0.0, 9.5]], 10.0, [4, 5])["max_abs_delta_before_tenth"] == 0.0
+
+
+def test_resid_reads_the_hidden_states_of_either_block_output():
+    """resid: a block's output is the hidden-states tensor itself (transformers 5's Llama) or a tuple whose first
+    item it is (other architectures, older versions)."""
+    hidden, extra = torch.randn(2, 3, 4), torch.randn(2, 3, 4)
+    assert A.resid(hidden) is hidden and A.resid((hidden, extra)) is hidden
 
 
 def test_nnsight_trace_saves_what_hugging_face_and_transformer_lens_compute(lm, data, tl_run, measure):
@@ -165,6 +177,11 @@ def test_patch_residual_matches_transformer_lens(lm, ht, data, tl_run, measure):
     tol = delta_tolerance(lc, lx)
     assert_reproduces(ours, theirs, tol, name="resid_delta")
     assert ours.abs().max() > 100 * tol.abs      # the comparison is not between two zeros
+    # the clean cache and m(corrupted) are computed when not passed, and a base that is passed is the one used
+    assert_reproduces(A.tl_patch_residual(ht, clean, corrupted, answers, [20], [clean.shape[1] - 1]), theirs[:, :1],
+                      tol, name="resid_delta, computing its own cache and base")
+    shifted = A.tl_patch_residual(ht, clean, corrupted, answers, [20], [clean.shape[1] - 1], tl_run[0], tl_run[1] + 1)
+    assert_reproduces(shifted, theirs[:, :1] - 1, tol, name="resid_delta with base + 1")
     measure("patch_residual_vs_transformer_lens.max_abs_err", (ours - theirs).abs().max().item(), f"≤ {tol.abs:.1e}")
 
 
@@ -180,6 +197,8 @@ def test_patch_heads_matches_transformer_lens(lm, ht, data, tl_run, measure):
     assert_reproduces(ours, theirs, tol, name="heads_delta")
     spread = ours.mean(-1)[0]
     assert (spread.max() - spread.min()) > 10 * tol.abs
+    shifted = A.patch_heads(lm, clean, corrupted, answers, [20], heads=[0], base=A.correct_logprob(lx, answers) + 1)
+    assert_reproduces(shifted, ours[:, :1] - 1, tol, name="heads_delta with base + 1")   # the base passed is used
     measure("patch_heads_vs_transformer_lens.max_abs_err", (ours - theirs).abs().max().item(), f"≤ {tol.abs:.1e}")
 
 
