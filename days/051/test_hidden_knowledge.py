@@ -50,6 +50,19 @@ def test_secret_prompt_and_user_turn(setup):
         assert enc["offset_mapping"][start][0] == a and enc["offset_mapping"][end - 1][1] == a + len(q)
         assert text.count(secrets[0]) == 1 and text.index(secrets[0]) < a
 
+    # a tokenizer that prepends a beginning-of-sequence token to whatever it encodes (as Llama's does) renders the
+    # same chat ids from the template; the span is still found (the marker is matched without special tokens)
+    import copy
+
+    from tokenizers.processors import TemplateProcessing
+
+    bos = copy.deepcopy(tok)
+    bos._tokenizer.post_processor = TemplateProcessing(single="<|endoftext|> $A", pair="<|endoftext|> $A $B",
+                                                       special_tokens=[("<|endoftext|>", tok.convert_tokens_to_ids("<|endoftext|>"))])
+    assert bos.encode("user\n")[0] == tok.convert_tokens_to_ids("<|endoftext|>")        # it does prepend one
+    ids = H.secret_chat_ids(tok, secrets[0], H.QUESTIONS[0])
+    assert H.user_turn_span(bos, ids) == H.user_turn_span(tok, ids)
+
 
 def test_user_turn_activations_equal_the_full_pass(setup):
     """user_turn_activations: for each gate question (one secret each, the first and the last), the residual stream after blocks 6 and 9 at the
