@@ -143,6 +143,8 @@ def test_abc_corruption_changes_only_the_names(smol):
     ds = S.IOIDataset("mixed", 40, tok, seed=5)
     abc = ds.gen_flipped_prompts(S.ABC)
     assert abc.sentences == ds.gen_flipped_prompts(S.ABC).sentences            # seeded
+    assert abc.sentences == ds.gen_flipped_prompts(S.ABC, seed=5 + 1).sentences  # by default with the dataset's seed + 1
+    assert abc.sentences != ds.gen_flipped_prompts(S.ABC, seed=5 - 1).sentences
     assert torch.equal(abc.answer_tokens, ds.answer_tokens) and torch.equal(abc.word_idx["end"], ds.word_idx["end"])
     assert abc.toks.shape == ds.toks.shape
     for i, (p, q) in enumerate(zip(ds.prompts, abc.prompts)):
@@ -351,6 +353,7 @@ def test_performance_intervals():
     answers = torch.tensor([[1, 0], [1, 0], [3, 0], [1, 0]])
     perf = S.ioi_performance(ld, final, answers)
     assert (perf["n"], perf["n_correct"], perf["n_top1"]) == (4, 3, 3)
+    assert (perf["accuracy"], perf["top1"]) == (0.75, 0.75)
     assert perf["accuracy_ci"][0] < 0.75 < perf["accuracy_ci"][1]
     assert perf["accuracy_ci"] == list(S.probes.wilson_interval(3, 4))
 
