@@ -356,6 +356,8 @@ def test_torch_probe_matches_sklearn(committed_probe_data, committed, measure):
     layer = committed["headline"]["best_layer"]
     squares = [0, 7, 9, 18, 19, 20, 26, 27, 29, 34, 37, 42, 44, 53, 56, 63]
     r = O.sklearn_vs_torch(committed_probe_data, O.PROBE_TRAIN, layer, O.PROBE_ARGS, squares, max_train=4000)
+    test_positions = int((committed_probe_data.game >= O.PROBE_TRAIN).sum())
+    assert (r["n_train"], r["n_test"]) == (4000, test_positions)    # the first 4,000 training positions, all test ones
     measure("gate_sklearn.torch_accuracy", r["torch_accuracy"])
     measure("gate_sklearn.sklearn_accuracy", r["sklearn_accuracy"], "within 0.01")
     assert abs(r["torch_accuracy"] - r["sklearn_accuracy"]) <= 0.01
