@@ -167,6 +167,13 @@ def test_steered_generation_matches_hugging_face_and_transformer_lens(lm, hf, v)
                                   use_past_kv_cache=True)
             assert text == decode(out), mode
     assert steered != plain and actadd != plain
+    # no vector means no steering in either mode; an ActAdd tensor as long as the prompt itself is allowed (only a
+    # longer one is an error), and a zero one changes nothing
+    assert S.generate(lm, [prompt], n, LAYER, None, mode="prefix")[0] == plain
+    zeros = torch.zeros(tokens.shape[1], v.shape[-1])
+    assert S.generate(lm, [prompt], n, LAYER, zeros, mode="prefix")[0] == plain
+    with pytest.raises(ValueError, match="longer than the prompt"):
+        S.generate(lm, [prompt], n, LAYER, torch.zeros(tokens.shape[1] + 1, v.shape[-1]), mode="prefix")
 
 
 def test_bits_per_token_is_hugging_face_loss(lm, hf, v):
