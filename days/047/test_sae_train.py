@@ -75,6 +75,12 @@ def test_residual_stream_is_the_hook_and_hugging_faces(model, data, measure):
     with torch.no_grad():
         _, cache = model.run_with_cache(tokens, names_filter=[S.HOOK])
     assert torch.equal(ours, cache[S.HOOK])
+    first = S.resid_activations(model, tokens, layer=1)          # the earliest layer it serves: block 1's input
+    with torch.no_grad():
+        _, cache1 = model.run_with_cache(tokens, names_filter=["blocks.1.hook_resid_pre"])
+    assert torch.equal(first, cache1["blocks.1.hook_resid_pre"])
+    with pytest.raises(ValueError, match="layer ≥ 1"):
+        S.resid_activations(model, tokens, layer=0)
     store = activations_store(model, tokens)
     assert torch.equal(ours, store.get_activations(tokens))
     hf, _ = hf_model("smollm2")
@@ -87,7 +93,28 @@ def test_residual_stream_is_the_hook_and_hugging_faces(model, data, measure):
     assert (norms[:, 0] > 50 * norms.median()).all()
     mask = S.sink_mask(acts)
     assert mask[:, 0].all() and mask[:, 2:].sum() == 0
+    # "exceeds": a norm of exactly ratio × the median is not a sink
+    flat = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0], [3.0, 0.0], [0.0, 3.5]])
+    assert S.sink_mask(flat, ratio=3.0).tolist() == [False, False, False, False, True]
     measure("gate.sink_positions", int(mask.sum()), f"of {mask.numel()}")
+
+
+def test_scaled_sae_reads_d_sae_from_its_config_or_its_weights():
+    """ScaledSAE.d_sae: the wrapped SAE's cfg.d_sae when it has one (ours, sae-lens's), else the width of W_enc (an
+    SAE with no config, or a config without d_sae)."""
+    class Bare(torch.nn.Module):
+        def __init__(self, cfg=None):
+            super().__init__()
+            self.W_enc = torch.nn.Parameter(torch.zeros(4, 7))
+            if cfg is not None:
+                self.cfg = cfg
+
+    class Cfg:
+        d_sae = 9
+
+    assert S.ScaledSAE(Bare(), 1.0).d_sae == 7
+    assert S.ScaledSAE(Bare(object()), 1.0).d_sae == 7
+    assert S.ScaledSAE(Bare(Cfg()), 1.0).d_sae == 9
 
 
 def test_corpora_are_consecutive_windows(model):
@@ -171,6 +198,7 @@ def test_our_sae_loads_into_sae_lens_and_its_metrics_agree(model, data, ours, me
         compute_sparsity_metrics=True, compute_variance_metrics=True, compute_featurewise_density_statistics=True,
         eval_batch_size_prompts=len(eval_tokens), model_kwargs={})
     mine = S.sae_metrics(sae, eval_acts.flatten(0, 1))
+    assert mine["n_tokens"] == eval_acts.shape[0] * eval_acts.shape[1]
     assert abs(mine["l0"] - metrics["l0"]) < 1e-5
     assert abs(mine["explained_variance"] - metrics["explained_variance"]) < 1e-5
     assert abs(mine["mse"] - metrics["mse"]) < 1e-4 * mine["mse"]
