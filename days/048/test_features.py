@@ -71,6 +71,9 @@ def test_get_k_largest_indices_against_topk_and_its_greedy_definition():
         assert allowed[r, c] and x[r, c] == x[allowed].max()
         allowed[r, max(0, c - b):c + b + 1] = False
     assert not torch.equal(chosen, got)              # this x has near neighbours among its top 10: the rule matters
+    # no buffer: simply the k largest, edges included
+    plain = Fe.get_k_largest_indices(x, k, buffer=0, no_overlap=False)
+    assert torch.equal(plain[:, 0] * x.shape[1] + plain[:, 1], x.flatten().topk(k).indices)
     edge = torch.zeros(1, 20)
     edge[0, [8, 11, 15]] = torch.tensor([5.0, 4.0, 3.0])  # 11 is exactly buffer = 3 from 8: it overlaps
     assert Fe.get_k_largest_indices(edge, 2, buffer=3).tolist() == [[0, 8], [0, 15]]
@@ -167,6 +170,18 @@ def test_latent_ablation_equals_sae_lens_with_its_error_term(model, setup, measu
         assert torch.equal(Fe.latent_ablation_hook(x, None, sae, silent, exclude_sinks=False), x)
     effect = Fe.ablation_effect(model, sae, tokens[:2, :32], latent)
     assert effect.shape == (2, 31) and effect.abs().max() > 0
+    # loss(ablated) − loss(clean), each recomputed here with cross_entropy on the model's logits
+    from functools import partial
+
+    import torch.nn.functional as F
+
+    t = tokens[:2, :32]
+    with torch.no_grad():
+        clean = F.cross_entropy(model(t)[:, :-1].flatten(0, 1).float(), t[:, 1:].flatten(), reduction="none")
+        hooked = model.run_with_hooks(t, fwd_hooks=[(Fe.HOOK, partial(Fe.latent_ablation_hook, sae=sae,
+                                                                        latent_idx=latent))])
+        ablated = F.cross_entropy(hooked[:, :-1].flatten(0, 1).float(), t[:, 1:].flatten(), reduction="none")
+    assert_parity(effect.flatten(), ablated - clean, atol=1e-5)
 
 
 def test_steering_adds_the_decoder_direction(model, setup):
@@ -234,6 +249,8 @@ def test_choose_latents_is_seeded_and_in_range():
     a = Fe.choose_latents(freq, 12, 0.01, 0.05, seed=0)
     assert a == Fe.choose_latents(freq, 12, 0.01, 0.05, seed=0) != Fe.choose_latents(freq, 12, 0.01, 0.05, seed=1)
     assert len(set(a)) == 12 and all(0.01 <= freq[i] <= 0.05 for i in a)
+    # both ends of [low, high] are in range
+    assert Fe.choose_latents(torch.tensor([0.01, 0.02, 0.05, 0.051, 0.0099]), 5, 0.01, 0.05, seed=0) == [0, 1, 2]
 
 
 def test_autointerp_prompt_and_no_call_without_a_key(model, setup, monkeypatch):
@@ -255,6 +272,59 @@ def test_autointerp_prompt_and_no_call_without_a_key(model, setup, monkeypatch):
         monkeypatch.delenv(key, raising=False)
     with pytest.raises(Fe.ApiKeyMissing):
         Fe.get_autointerp_explanation(model, sae, tokens, latent)
+    with pytest.raises(Fe.ApiKeyMissing):                         # a provider named, but no key for it
+        Fe.get_autointerp_explanation(model, sae, tokens, latent, provider="anthropic")
+    # the paid API cannot be reached here: urlopen is replaced by a stand-in that records the request and answers as
+    # the Messages API does; the request carries the prompt and the default model, the reply continues the prefill
+    import urllib.request
+
+    sent = []
+
+    class Reply:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def read(self):
+            return json.dumps({"content": [{"text": " the word 'the'. "}]}).encode()
+
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key")
+    monkeypatch.setattr(urllib.request, "urlopen", lambda request, timeout: sent.append(request) or Reply())
+    out = Fe.get_autointerp_explanation(model, sae, tokens, latent, k=4, buffer=3)
+    body = json.loads(sent[0].data)
+    assert sent[0].full_url == "https://api.anthropic.com/v1/messages" and sent[0].headers["X-api-key"] == "test-key"
+    assert body["model"] == "claude-sonnet-4-5" and body["messages"][-1]["content"] == prompt["assistant"]
+    assert out == ["This latent fires on the word 'the'."]
+
+
+def test_keyword_rule_and_decoder_direction_and_histogram():
+    """keyword_rule lists the tokens at the latent's top activations, only where it fires (> 0), matched as written
+    (case-sensitive); decoder_direction is the unit decoder row whatever its norm; show_activation_histogram titles
+    its axis (by default "activations")."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    acts = torch.zeros(2, 4)
+    acts[0, 1], acts[1, 3] = 2.0, 1.0
+    toks = [[" a", " Cat", " b", " c"], [" d", " e", " f", " Dog"]]
+    rule = Fe.keyword_rule(acts, toks, n_top=20)
+    assert [rule(t, i) for t in toks for i in range(4)] == [False, True, False, False, False, False, False, True]
+    assert not rule([" cat"], 0)
+
+    class Stub:
+        W_dec = torch.tensor([[3.0, 4.0], [0.0, 2.0]])
+
+    assert Fe.decoder_direction(Stub(), 0).tolist() == pytest.approx([0.6, 0.8])
+    fig, ax = plt.subplots()
+    Fe.show_activation_histogram(acts, ax=ax)
+    assert ax.get_title() == "activations"
+    Fe.show_activation_histogram(acts, ax=ax, title="latent 7")
+    assert ax.get_title() == "latent 7"
+    plt.close(fig)
 
 
 def test_explanations_are_written_as_rules():
