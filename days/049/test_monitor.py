@@ -11,6 +11,7 @@ layer-15 residual stream in seconds; the post's numbers come from day 47's headl
 from __future__ import annotations
 
 import importlib
+import time
 from pathlib import Path
 
 import numpy as np
@@ -141,6 +142,13 @@ def test_cohens_d_against_numpy_and_a_planted_latent():
     assert roc_auc_score(labels, scores.numpy()) > 0.95
     z = (profiles[:, [3, 8]] - profiles[:, [3, 8]].mean(0)) / profiles[:, [3, 8]].std(0, ddof=1)
     np.testing.assert_allclose(scores.numpy(), (z * [1, -1]).mean(-1), rtol=1e-10)
+    # every latent chosen, the constant one too: its sign is 0 and it adds nothing (no 0/0)
+    everything = M.LatentMonitor.from_data(torch.tensor(profiles), torch.tensor(labels), 12)
+    assert everything.signs[everything.latents.tolist().index(5)] == 0
+    all_scores = everything.score(torch.tensor(profiles))
+    assert torch.isfinite(all_scores).all()
+    zz = (profiles - profiles.mean(0)) / np.maximum(profiles.std(0, ddof=1), 1e-12)
+    np.testing.assert_allclose(all_scores.numpy(), (zz * np.sign(ref)).mean(-1), rtol=1e-10, atol=1e-12)
 
 
 def test_contributions_are_the_error_kept_ablation(world):
@@ -238,7 +246,10 @@ def test_monitor_and_probes_on_the_same_split(world, measure):
         on = M.on_policy_set()
         on = {"dialogues": on["dialogues"][:6], "instructed": on["instructed"][:6],
               "lie": torch.tensor([0, 1, 0, 1, 1, 0])}  # a fixed mix, so both classes occur in six dialogues
+        start = time.perf_counter()
         r = M.compute_results(world["sae"], split=world["split"], ks=(1, 3), n_attributed=2, n_boot=50, on_policy=on)
+        elapsed = time.perf_counter() - start
+    assert 0 < r["wall_seconds"] <= elapsed and r["cpu_seconds"] > 0
     arrays = r["_arrays"]
     y = arrays["y_test"].numpy()
     assert len(y) == 2 * (N_FACTS - N_TRAIN_FACTS) and y.sum() == N_FACTS - N_TRAIN_FACTS
@@ -257,6 +268,13 @@ def test_monitor_and_probes_on_the_same_split(world, measure):
     assert not set(att["latents"]) & set(att["control_latents"])
     assert arrays["ablation"].shape == arrays["attribution"].shape == (int(y.sum()), 4)
     assert att["all"]["n"] == 4 * int(y.sum())
+    assert att["downstream_layer"] == r["layer"] + M.DOWNSTREAM
+    np.testing.assert_allclose(att["mean_ablation"], arrays["ablation"].mean(0).numpy(), rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(att["mean_attribution"], arrays["attribution"].mean(0).numpy(), rtol=1e-6, atol=1e-9)
+    # the control latents are random ones that fire on some held-out dishonest dialogue
+    dishonest = arrays["profiles"]["test"][torch.as_tensor(y) == 1]
+    assert (dishonest[:, att["control_latents"]].amax(0) > 0).all()
+    assert 0 <= r["monitor_share_on_first_3_tokens"] <= 1
     for key in ("monitor.3.auroc", "latent_probe.auroc", "raw_probe_same_layer.auroc", "attribution.all.pearson_r"):
         measure(f"small.{key}", value_at(r, key))
 
