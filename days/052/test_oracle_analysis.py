@@ -9,6 +9,7 @@ block's MLP output). The training code is proven on a tiny fast run; the CPU-siz
 """
 
 import copy
+import time
 from pathlib import Path
 
 import numpy as np
@@ -134,11 +135,13 @@ def test_lora_training_changes_only_the_adapters(setup, points, measure):
                    if isinstance(m, torch.nn.Linear) and name.split(".")[-1] in A.LORA_TARGETS)
     assert sum(p.numel() for p in adapters.values()) == expected and all("lora_" in n for n in adapters)
     initial = {n: p.detach().clone() for n, p in adapters.items()}
+    started = time.perf_counter()
     trained, log = A.train_model(MODEL, points[:4], steps=3, batch_size=4, lr=3e-3, model=fresh)
     losses = log["losses"]
     measure("tiny_run_loss_first", losses[0])
     measure("tiny_run_loss_last", losses[-1], "< first")
     assert losses[-1] < losses[0] - 0.5
+    assert 0 < log["wall_seconds"] <= time.perf_counter() - started and log["cpu_seconds"] > 0
     base_params = dict(model.named_parameters())
     for name, p in trained.named_parameters():
         if "lora_" in name:
@@ -344,6 +347,12 @@ def test_results_json_is_current(setup, committed, measure):
                 assert row["accuracy"] == row["k"] / row["n"], name
                 assert row["ci"] == pytest.approx(A.P40.wilson_interval(row["k"], row["n"])), name
     assert c["summary"] == A.summarise(c)
+    # the logit-lens thresholds on ranks made up here: the first layer with rank below 10 (10 itself is not), the
+    # last with rank 1000 or more (1000 itself is)
+    made_up = copy.deepcopy(c)
+    made_up["diff"]["chat"]["lens_rank"] = [2000, 1000, 50, 10, 3, 4]
+    diff_summary = A.summarise(made_up)["diff"]
+    assert (diff_summary["chat_first_layer_top10"], diff_summary["chat_last_layer_rank_over_1000"]) == (4, 1)
     for who in ("base", "finetuned"):
         assert c["diff"][f"quirk_rate_{who}"]["k"] == sum(A.starts_with_quirk(a[who]) for a in c["diff"]["answers"])
     j = list(A.LAYERS).index(GATE_LAYER)
