@@ -78,7 +78,8 @@ def test_statement_sets_are_seeded_true_false_twins(committed):
             assert (a > b) == (words[2] == "larger") and p.false == f"{b} is {words[2]} than {a}."
     # the numbers are drawn from NUMBER_RANGE, both ends included: over ten seeds every one of them occurs
     lo, hi = S.NUMBER_RANGE
-    drawn = {int(w) for seed in range(10) for p in S.make_pairs("larger_than", seed=seed) for w in p.true.rstrip(".").split()[::4]}
+    drawn = {int(w) for seed in range(10) for p in S.make_pairs("larger_than", seed=seed)
+             for w in p.true.rstrip(".").split()[::4]}
     assert drawn == set(range(lo, hi + 1))
     assert S.make_pairs("cities", seed=1) != S.make_pairs("cities", seed=0)
     statements, labels, groups = S.flatten(S.make_pairs("sp_en_trans")[:3])

@@ -57,9 +57,10 @@ def test_secret_prompt_and_user_turn(setup):
     from tokenizers.processors import TemplateProcessing
 
     bos = copy.deepcopy(tok)
+    eot = tok.convert_tokens_to_ids("<|endoftext|>")
     bos._tokenizer.post_processor = TemplateProcessing(single="<|endoftext|> $A", pair="<|endoftext|> $A $B",
-                                                       special_tokens=[("<|endoftext|>", tok.convert_tokens_to_ids("<|endoftext|>"))])
-    assert bos.encode("user\n")[0] == tok.convert_tokens_to_ids("<|endoftext|>")        # it does prepend one
+                                                       special_tokens=[("<|endoftext|>", eot)])
+    assert bos.encode("user\n")[0] == eot                                                 # it does prepend one
     ids = H.secret_chat_ids(tok, secrets[0], H.QUESTIONS[0])
     assert H.user_turn_span(bos, ids) == H.user_turn_span(tok, ids)
 
