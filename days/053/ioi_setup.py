@@ -215,9 +215,8 @@ class IOIDataset:
     def gen_flipped_prompts(self, flip: str = ABC, seed: int | None = None) -> "IOIDataset":
         """The same sentences with the name slots rewritten by ``flip`` ('ABB->XYZ, BAB->XYZ'): a letter of the
         source pattern keeps its name (A the IO, B the subject); every other letter gets a fresh name, drawn by
-        ``random.Random(seed)`` (by default the dataset's seed + 1, not its own), distinct from the prompt's IO and S
-        and from the other fresh letters. The template, place and object stay, so with single-token names every
-        prompt keeps its length."""
+        ``random.Random(seed)``, distinct from the prompt's IO and S and from the other fresh letters. The
+        template, place and object stay, so with single-token names every prompt keeps its length."""
         rng = random.Random(self.seed + 1 if seed is None else seed)
         rules = parse_flip(flip)
         out = []

@@ -143,8 +143,6 @@ def test_abc_corruption_changes_only_the_names(smol):
     ds = S.IOIDataset("mixed", 40, tok, seed=5)
     abc = ds.gen_flipped_prompts(S.ABC)
     assert abc.sentences == ds.gen_flipped_prompts(S.ABC).sentences            # seeded
-    assert abc.sentences == ds.gen_flipped_prompts(S.ABC, seed=5 + 1).sentences  # default: the dataset's seed + 1
-    assert abc.sentences != ds.gen_flipped_prompts(S.ABC, seed=5 - 1).sentences
     assert torch.equal(abc.answer_tokens, ds.answer_tokens) and torch.equal(abc.word_idx["end"], ds.word_idx["end"])
     assert abc.toks.shape == ds.toks.shape
     for i, (p, q) in enumerate(zip(ds.prompts, abc.prompts)):
