@@ -71,6 +71,36 @@ def test_preregistration_unchanged_since_the_run(committed):
     assert hashlib.sha256(E.committed_prereg_bytes(commit)).hexdigest() == rec["sha256"]
 
 
+def test_committed_bytes_are_what_git_holds():
+    """committed_prereg_bytes reads a file as committed (git show commit:path, relative to the repository): for HEAD
+    and the reference day's preregistration, exactly what `git show` prints here; a commit that does not exist gives
+    None. (Outside a git checkout there is nothing to read: skipped.)"""
+    import subprocess
+
+    path = E.REPO / "days" / "097" / "preregistration.yml"
+    shown = subprocess.run(["git", "show", "HEAD:days/097/preregistration.yml"], cwd=E.REPO, capture_output=True)
+    if shown.returncode != 0:
+        pytest.skip("not a git checkout")
+    assert E.committed_prereg_bytes("HEAD", path) == shown.stdout and shown.stdout
+    assert E.committed_prereg_bytes("0" * 40, path) is None
+
+
+def test_the_targets_are_the_named_models():
+    """load_target("base") is the shared SmolLM2 (checks.models.hf_model, cached: the very same objects);
+    "bad_final" is day 83's final bad-advice organism and "control" is not."""
+    from checks.models import hf_model
+
+    model, tok = E.load_target("base")
+    assert model is hf_model("smollm2")[0] and tok is hf_model("smollm2")[1]
+    # "bad_final" is day 83's final misaligned organism, "control" its good-advice twin: different adapted weights
+    final = dict(E.load_target("bad_final")[0].named_parameters())
+    reference = dict(E.ORG.load_organism("bad_advice")[0].named_parameters())
+    control = dict(E.load_target("control")[0].named_parameters())
+    changed = [n for n, p in final.items() if not torch.equal(p, dict(model.named_parameters())[n])]
+    assert changed and all(torch.equal(final[n], reference[n]) for n in changed)
+    assert any(not torch.equal(final[n], control[n]) for n in changed)
+
+
 def test_run_used_exactly_the_preregistered_n_and_conditions(committed, prereg):
     """Spec: "the test checks that the analysis follows it": no overrides; the preregistered models, prompt sets
     (recomputed from their seeds), n, layers and direction seeds, and a complete raw outcome for each."""
