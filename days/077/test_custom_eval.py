@@ -160,6 +160,11 @@ def test_spread_and_main_effects_on_hand_made_cells():
     cells[5]["lenient_letter"]["p"] = 0.95
     s = C.spread(cells)
     assert s["max"]["cell"] == C.Cell(**cells[5]["cell"]).name and s["spread"] == pytest.approx(0.45)
+    # each level's mean is over the cells that have it, also when a sweep is incomplete (3 shuffled cells, 1 not)
+    few = [_cell(*levels, p, {"r1": True}) for *levels, p in
+           ((True, False, True, "logprob", 0.9), (False, True, True, "generate", 0.6),
+            (True, True, True, "logprob", 0.3), (False, False, False, "generate", 0.1))]
+    assert C.main_effects(few)["shuffle"]["effect"] == pytest.approx(0.6 - 0.1, abs=1e-12)
 
 
 # ---------------------------------------------------------------------------------------------------- committed
