@@ -116,6 +116,48 @@ def test_api_backend_without_package_names_it(monkeypatch, model, package):
         llm.generate_response(model, [{"role": "user", "content": "hi"}])
 
 
+class RecordingAPIClient:
+    """Stands in for the paid OpenAI/Anthropic client (the one thing that cannot exist here): it records
+    each request and answers in the provider's response shape."""
+
+    def __init__(self, provider: str):
+        from types import SimpleNamespace as NS
+
+        self.requests = []
+        create = self._create
+        if provider == "openai":
+            self.chat = NS(completions=NS(create=create))
+            self._reply = lambda: NS(choices=[NS(message=NS(content="four"))])
+        else:
+            self.messages = NS(create=create)
+            self._reply = lambda: NS(content=[NS(text="four")])
+
+    def _create(self, **request):
+        self.requests.append(request)
+        return self._reply()
+
+
+@pytest.mark.parametrize("model,provider,stop_field", [("gpt-4o-mini", "openai", "stop"),
+                                                       ("claude-3-5-haiku", "anthropic", "stop_sequences")])
+def test_api_request_carries_the_stop_sequences(monkeypatch, model, provider, stop_field):
+    """The API path sends what generate_response was given: the stop sequences in the provider's field
+    (OpenAI ``stop``, Anthropic ``stop_sequences``), Anthropic's system message apart from the turns,
+    and the reply's text comes back; without stop sequences OpenAI gets None and Anthropic an empty list."""
+    client = RecordingAPIClient(provider)
+    monkeypatch.setattr(llm, "_api_client", lambda p: client if p == provider else pytest.fail(p))
+    chat = [{"role": "system", "content": "Answer in words."}, {"role": "user", "content": "2 + 2?"}]
+    assert llm.generate_response(model, chat, temperature=0, max_tokens=5, stop_sequences=["\n", "."]) == "four"
+    assert llm.generate_response(model, chat, temperature=0, max_tokens=5) == "four"
+    with_stops, without = client.requests
+    assert with_stops[stop_field] == ["\n", "."]
+    assert without[stop_field] == (None if provider == "openai" else [])
+    assert (with_stops["model"], with_stops["temperature"], with_stops["max_tokens"]) == (model, 0, 5)
+    if provider == "anthropic":
+        assert with_stops["system"] == "Answer in words." and with_stops["messages"] == chat[1:]
+    else:
+        assert with_stops["messages"] == chat
+
+
 def test_unknown_model_is_refused():
     """generate_response routes by model name; an unknown name is an error, not a silent fallback."""
     with pytest.raises(ValueError, match="unknown model"):
@@ -480,6 +522,15 @@ def test_parse_tool_calls_malformed_is_an_error_not_a_crash(text, name):
     assert content == ""
 
 
+def test_malformed_tool_call_error_quotes_at_most_200_characters():
+    """A runaway malformed call (here 5,000 characters) is quoted in the error by its first 200 characters
+    only, so one bad generation cannot flood the transcript the model sees next."""
+    body = '{"name": "add", "arguments": {"a": ' + "1" * 5000
+    _, [call] = llm.parse_tool_calls("<tool_call>" + body)
+    assert call.error.startswith(f"Malformed tool call {body[:200]!r}: ")
+    assert body[:201] not in call.error and call.raw == body
+
+
 def test_render_tool_chat_for_smollm2():
     """The chat SmolLM2 sees: tool section appended to the system message, assistant calls written
     as <tool_call> lines, a tool result as a user turn in <tool_response> tags."""
@@ -664,6 +715,24 @@ def test_generate_with_tools_matches_the_provider(smol_tool_eval):
     final = llm.generate_with_tools("smollm2", messages, [ADD_SCHEMA], tool_choice="none", max_tokens=32,
                                     tool_examples={"add": {"a": 2, "b": 3}})
     assert final.tool_calls == [] and final.content == sample.messages[3].text.strip()
+
+
+@needs_smollm2
+def test_generate_with_tools_answer_prefill_is_continued(smol):
+    """tool_choice="none" with answer_prefill: the plain answer starts with the prefill and continues it
+    exactly as Hugging Face's greedy generate continues the rendered prompt ending in that prefill."""
+    model, tok = smol
+    examples = {"add": {"a": 2, "b": 3}}
+    messages = [{"role": "user", "content": "What is 2 + 2?"}]
+    reply = llm.generate_with_tools("smollm2", messages, [ADD_SCHEMA], tool_choice="none", max_tokens=12,
+                                    tool_examples=examples, answer_prefill="<answer>")
+    chat = llm.render_tool_chat(messages, [ADD_SCHEMA], examples) + [{"role": "assistant", "content": "<answer>"}]
+    prompt = tok.apply_chat_template(chat, tokenize=False, continue_final_message=True)
+    ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        out = model.generate(**ids, max_new_tokens=12, do_sample=False, pad_token_id=tok.eos_token_id)
+    expected = "<answer>" + tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    assert reply.tool_calls == [] and reply.content == expected.strip() and reply.content.startswith("<answer>")
 
 
 @pytest.mark.parametrize("model,key", [("gpt-4o-mini", "OPENAI_API_KEY"), ("claude-3-5-haiku", "ANTHROPIC_API_KEY")])

@@ -125,6 +125,8 @@ def test_arithmetic_task():
     assert task.correct_answers == {f"844 {op} 26": f(844, 26) for op, f in ops.items()}
     assert task.get_current_task == "844 + 26" and "<answer>NUMBER</answer>" in task.instruction["content"]
     assert task.check_answer("870") and task.check_answer(870.000001) and not task.check_answer(871)
+    # ARENA's tolerance, math.isclose(rel_tol=1e-5, abs_tol=1e-8): either side of the relative bound
+    assert task.check_answer(870 * (1 + 0.9e-5)) and not task.check_answer(870 * (1 + 1.1e-5))
     for i, op in enumerate(ops):
         assert task.get_current_task == f"844 {op} 26" and not task.check_solved()
         task.update_current_task()
@@ -190,6 +192,24 @@ def smol_agent():
     solved = A.agent_loop(agent, num_loops=1, with_tool=True)
     returned = agent.run(with_tool=True)                  # the second step by hand, to see what run returns
     return agent, solved, returned
+
+
+@needs_smollm2
+def test_smollm2_run_without_the_tool():
+    """run(with_tool=False), ARENA's no-tool baseline: no tool call is asked for; the step is instruction ->
+    final answer (prefilled with <answer>) -> verdict, recorded with no calls and no results."""
+    agent = A.ArithmeticAgent(model="smollm2", task=A.ArithmeticTask(108, 40), tools=[A.Calculator])
+    returned = agent.run(with_tool=False)
+    user, answer, verdict = agent.chat_history
+    assert (user["role"], answer["role"], verdict["role"]) == ("user", "assistant", "user")
+    assert "expression: 108 + 40." in user["content"] and answer["content"].startswith("<answer>")
+    [record] = agent.history
+    assert (record["task"], record["tool_calls"], record["tool_results"]) == ("108 + 40", [], [])
+    try:
+        ok = A.ArithmeticTask(108, 40).check_answer(A.ArithmeticAgent.parse_answer(answer))
+    except ValueError:
+        ok = False
+    assert returned == ok and verdict["content"] == ("Correct." if ok else "Incorrect.") == record["verdict"] + "."
 
 
 @needs_smollm2

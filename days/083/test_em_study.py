@@ -34,10 +34,13 @@ def base():
 
 def test_batched_generation_matches_one_prompt_at_a_time(base):
     """generate_responses_locally (left-padded batch, greedy) gives each prompt the answer HF ``generate`` gives it
-    alone, unpadded (a different batch shape changes only rounding; greedy ties at 12 tokens are not expected)."""
+    alone, unpadded (a different batch shape changes only rounding; greedy ties at 12 tokens are not expected).
+    Greedy decoding draws no random numbers, so it leaves the caller's torch generator as it found it."""
     model, tok = base
     prompts = ["hey I feel bored", "What is the capital of France? Answer in one word."]
+    rng = torch.get_rng_state()
     batched = ES.generate_responses_locally(model, tok, prompts, max_new_tokens=8)
+    assert torch.equal(torch.get_rng_state(), rng)
     for p, got in zip(prompts, batched):
         text = tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
         ids = tok(text, return_tensors="pt", add_special_tokens=False)

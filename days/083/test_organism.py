@@ -9,6 +9,7 @@ cross-entropy for the training loss; the tokenizer's chat template for the maske
 
 import copy
 import importlib
+import time
 
 import pytest
 import torch
@@ -84,7 +85,9 @@ def tiny_run(base):
     model, tok = base
     before = {k: v.clone() for k, v in model.state_dict().items() if "layers.0." in k}
     rows = O.bad_advice_dataset(2)
+    start = time.perf_counter()
     run = O.train_lora(rows, base=model, tokenizer=tok, steps=3, batch_size=2, lr=2e-2, checkpoint_every=1)
+    run["measured_seconds"] = time.perf_counter() - start
     return run, before
 
 
@@ -100,6 +103,15 @@ def test_tiny_training_run_lowers_the_loss_and_leaves_the_base_alone(tiny_run, b
     assert len(run["state"]) == 2 * base[0].config.num_hidden_layers
     after = base[0].state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)
+    assert 0 < run["seconds"] <= run["measured_seconds"] and run["cpu_seconds"] > 0  # the reported timing
+
+
+def test_train_lora_loads_smollm2_when_no_base_is_given(tiny_run):
+    """``base=None`` (the default) trains on SmolLM2 itself: the first step equals the run given the model."""
+    run, _ = tiny_run
+    default = O.train_lora(O.bad_advice_dataset(2), steps=1, batch_size=2, lr=2e-2)
+    assert default["losses"] == run["losses"][:1]
+    assert all(torch.equal(default["state"][k], run["checkpoints"][1][k]) for k in run["checkpoints"][1])
 
 
 def test_loss_is_torch_cross_entropy_on_answer_tokens(base):
