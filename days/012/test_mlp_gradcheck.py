@@ -8,6 +8,7 @@ steps of a stable descent; float32 to 1e-5); and training on MNIST works (a smal
 gate, the full five epochs behind ``-m slow``). MNIST comes from day 7's loader.
 """
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -71,15 +72,23 @@ def test_full_network_gradients_match_torch_autograd(measure):
 
 def test_losses_match_torch_step_by_step(measure):
     """The same network in torch with the same initialisation, trained with SGD on the same 100
-    batches (two epochs over 3,200 digits), gives the same loss at every step (float64, 1e-10)
-    and ends with the same weights (1e-10)."""
+    batches (two epochs over 3,200 digits), gives the same loss at every step (float64, 1e-10),
+    the same test accuracy after each epoch (to one digit of 1,000: a near-tie of the float64 logits
+    may flip one prediction) and ends with the same weights (1e-10); the run reports its own wall time."""
     images, labels = M.mnist_arrays("test", limit=3200)
     x = images.astype(np.float64)
+    held_out = M.mnist_arrays("train", limit=1000)
+    held_out = (held_out[0].astype(np.float64), held_out[1])
     ours = M.MLP(seed=0, dtype=np.float64)
     twin = M.torch_twin(ours)
-    a = M.train_ours(ours, x, labels, epochs=2, batch_size=64, lr=0.1, seed=3)
-    b = M.train_torch(twin, x, labels, epochs=2, batch_size=64, lr=0.1, seed=3)
+    start = time.perf_counter()
+    a = M.train_ours(ours, x, labels, epochs=2, batch_size=64, lr=0.1, seed=3, test=held_out)
+    elapsed = time.perf_counter() - start
+    b = M.train_torch(twin, x, labels, epochs=2, batch_size=64, lr=0.1, seed=3, test=held_out)
     assert len(a.losses) == len(b.losses) == 100
+    assert len(a.test_accuracy) == len(b.test_accuracy) == 2
+    assert a.test_accuracy == pytest.approx(b.test_accuracy, abs=1.5 / 1000)
+    assert 0 < a.seconds <= elapsed
     report = assert_parity(np.array(a.losses), np.array(b.losses), atol=1e-10, name="losses")
     measure("float64.loss_gap.max", report.max_abs_err, "≤ 1e-10")
     twin_linears = [m for m in twin if isinstance(m, torch.nn.Linear)]

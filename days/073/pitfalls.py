@@ -46,6 +46,7 @@ llm = importlib.import_module("days.071.llm")
 setup = importlib.import_module("days.076.inspect_setup")
 
 HERE = Path(__file__).parent
+PRACTICE_KEEP = ("plot_results",)  # drawing the figures is not one of ARENA's exercises: the learner gets it as is
 LETTERS = setup.LETTERS
 PREFILL = "ANSWER:"
 

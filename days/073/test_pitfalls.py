@@ -222,6 +222,18 @@ def test_controls_shuffle_and_wikitext(asset):
         assert 20 <= len(w.split()) <= 40 and "<unk>" not in w and "@" not in w and " ," not in w
 
 
+def test_wikitext_word_bounds_are_inclusive(tmp_path):
+    """On hand-made WikiText-2 lines: headings and paragraphs with <unk> are skipped; a first sentence of exactly
+    ``min_words`` or ``max_words`` words (its full stop included) is kept, one word fewer or more is not."""
+    def paragraph(k):
+        return " " + " ".join(f"w{i}" for i in range(k - 1)) + " end . A second sentence , not counted ."
+    lines = [" = Heading = ", paragraph(20), " = = Sub = = ", paragraph(19), " <unk>" + paragraph(25), paragraph(40),
+             paragraph(41), ""]
+    (tmp_path / "wiki.txt").write_text("\n".join(lines), encoding="utf-8")
+    got = P.wikitext_passages(tmp_path / "wiki.txt", n=10, min_words=20, max_words=40)
+    assert [len(s.split()) for s in got] == [20, 40] and all(s.endswith(" end.") for s in got)
+
+
 # --------------------------------------------------------------------------- the leaky scorer
 
 

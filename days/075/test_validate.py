@@ -238,6 +238,15 @@ def test_kappa_and_bootstrap():
     assert lo < a.mean() < hi
 
 
+def test_agreement_keeps_scores_at_the_threshold():
+    """agreement() applies the rubric's level inclusively (E[s] ≥ 6 keeps, as ARENA's filter_dataset keeps a score
+    that reaches its threshold): on hand-made scores with one exactly at 6.0 the judge keeps 2 and agrees perfectly
+    (κ = 1) with hand labels that keep the same two."""
+    hand, scores = [1, 1, 0, 0], [6.0, 7.5, 5.99, 2.0]
+    out = V.agreement(hand, scores, threshold=6.0)
+    assert (out["judge_keeps"], out["hand_keeps"], out["kappa"], out["auroc"]) == (2, 2, 1.0, 1.0)
+
+
 def test_hand_labelled_set_is_well_formed():
     """The hand-labelled set: both classes present (10 keep, 10 drop), every item a valid ``Question``; the items
     labelled keep pass the semantic checks."""

