@@ -177,6 +177,23 @@ def test_torchvision_names_are_strict():
     state.pop("fc.bias")
     with pytest.raises(KeyError, match="missing"):
         R.load_torchvision_state_dict(model, state)
+    with pytest.raises(KeyError) as empty:           # everything missing: the message names the first five keys
+        R.load_torchvision_state_dict(model, {})
+    named = [k for k in sorted(state) + ["fc.bias"] if repr(k) in str(empty.value)]
+    assert len(named) == 5 and named == sorted(named)
+
+
+class _Payload:
+    """Not a tensor: unpickling it would run arbitrary code in a file from the internet."""
+
+
+def test_feature_extraction_refuses_a_checkpoint_that_is_not_only_tensors(tmp_path):
+    """The weights file is loaded with torch's weights-only unpickler: a file carrying any other object (here an
+    instance of a class of this module) is refused before anything in it runs."""
+    path = tmp_path / "not_only_tensors.pth"
+    torch.save({"conv1.weight": _Payload()}, path)
+    with pytest.raises(pickle.UnpicklingError, match="[Ww]eights only"):
+        R.get_resnet_for_feature_extraction(7, weights=path)
 
 
 # ---------------------------------------------------------------- ARENA's copy_weights
