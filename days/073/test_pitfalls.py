@@ -224,10 +224,11 @@ def test_controls_shuffle_and_wikitext(asset):
 
 def test_wikitext_word_bounds_are_inclusive(tmp_path):
     """On hand-made WikiText-2 lines: headings and paragraphs with <unk> are skipped; a first sentence of exactly
-    ``min_words`` or ``max_words`` words (its full stop included) is kept, one word fewer or more is not."""
+    ``min_words`` or ``max_words`` words (its full stop included) is kept, one word fewer or more is not; with fewer
+    than 4n paragraphs the spacing is 1, so every paragraph is looked at."""
     def paragraph(k):
         return " " + " ".join(f"w{i}" for i in range(k - 1)) + " end . A second sentence , not counted ."
-    lines = [" = Heading = ", paragraph(20), " = = Sub = = ", paragraph(19), " <unk>" + paragraph(25), paragraph(40),
+    lines = [" = Heading = ", paragraph(20), " = = Sub = = ", paragraph(40), " <unk>" + paragraph(25), paragraph(19),
              paragraph(41), ""]
     (tmp_path / "wiki.txt").write_text("\n".join(lines), encoding="utf-8")
     got = P.wikitext_passages(tmp_path / "wiki.txt", n=10, min_words=20, max_words=40)
