@@ -179,8 +179,11 @@ def smol():
 
 
 def _hf_greedy(smol, messages, n):
+    """Hugging Face's unpadded greedy generate on one chat; a final assistant message is continued (a prefill)."""
     model, tok = smol
-    ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    prefill = messages[-1]["role"] == "assistant"
+    ids = tok.apply_chat_template(messages, add_generation_prompt=not prefill, continue_final_message=prefill,
+                                  return_tensors="pt", return_dict=True)
     torch.set_num_threads(1)
     with torch.no_grad():
         out = model.generate(**ids, max_new_tokens=n, do_sample=False, pad_token_id=tok.eos_token_id)
@@ -721,17 +724,12 @@ def test_generate_with_tools_matches_the_provider(smol_tool_eval):
 def test_generate_with_tools_answer_prefill_is_continued(smol):
     """tool_choice="none" with answer_prefill: the plain answer starts with the prefill and continues it
     exactly as Hugging Face's greedy generate continues the rendered prompt ending in that prefill."""
-    model, tok = smol
     examples = {"add": {"a": 2, "b": 3}}
     messages = [{"role": "user", "content": "What is 2 + 2?"}]
     reply = llm.generate_with_tools("smollm2", messages, [ADD_SCHEMA], tool_choice="none", max_tokens=12,
                                     tool_examples=examples, answer_prefill="<answer>")
     chat = llm.render_tool_chat(messages, [ADD_SCHEMA], examples) + [{"role": "assistant", "content": "<answer>"}]
-    prompt = tok.apply_chat_template(chat, tokenize=False, continue_final_message=True)
-    ids = tok(prompt, return_tensors="pt", add_special_tokens=False)
-    with torch.no_grad():
-        out = model.generate(**ids, max_new_tokens=12, do_sample=False, pad_token_id=tok.eos_token_id)
-    expected = "<answer>" + tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
+    expected = "<answer>" + _hf_greedy(smol, chat, 12)
     assert reply.tool_calls == [] and reply.content == expected.strip() and reply.content.startswith("<answer>")
 
 

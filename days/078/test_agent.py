@@ -185,6 +185,17 @@ def test_parse_answer_refuses(text):
 # --------------------------------------------------------------------------- real SmolLM2 steps
 
 
+def _judged_correct(task_text: str, answer) -> bool:
+    """check_answer of the parsed answer on a fresh task set to ``task_text`` (False when no number parses)."""
+    num1, op, num2 = task_text.split()
+    task = A.ArithmeticTask(int(num1), int(num2))
+    task.current_task_number = task.operations.index(op)
+    try:
+        return task.check_answer(A.ArithmeticAgent.parse_answer(answer))
+    except ValueError:
+        return False
+
+
 @pytest.fixture(scope="module")
 def smol_agent():
     task = A.ArithmeticTask(108, 40)
@@ -205,10 +216,7 @@ def test_smollm2_run_without_the_tool():
     assert "expression: 108 + 40." in user["content"] and answer["content"].startswith("<answer>")
     [record] = agent.history
     assert (record["task"], record["tool_calls"], record["tool_results"]) == ("108 + 40", [], [])
-    try:
-        ok = A.ArithmeticTask(108, 40).check_answer(A.ArithmeticAgent.parse_answer(answer))
-    except ValueError:
-        ok = False
+    ok = _judged_correct(record["task"], answer)
     assert returned == ok and verdict["content"] == ("Correct." if ok else "Incorrect.") == record["verdict"] + "."
 
 
@@ -233,12 +241,7 @@ def test_smollm2_agent_loop_steps(smol_agent, measure):
         expression = A.json.loads(call["function"]["arguments"])["expression"]
         assert result["content"] == A.CalculateTool.execute(expression)
         assert answer["content"].startswith("<answer>") and record["answer"] == answer["content"]
-        task = A.ArithmeticTask(108, 40)
-        task.current_task_number = task.operations.index(record["task"].split()[1])
-        try:
-            ok = task.check_answer(A.ArithmeticAgent.parse_answer(answer))
-        except ValueError:
-            ok = False
+        ok = _judged_correct(record["task"], answer)
         assert verdict["content"] == ("Correct." if ok else "Incorrect.") == record["verdict"] + "."
         n_correct += ok
     assert agent.task.current_task_number == n_correct  # each correct answer moved the task on
